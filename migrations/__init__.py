@@ -1,0 +1,1 @@
+"""Alembic migrations of the fusionq schema (run with `fusionq db upgrade` or `alembic upgrade head`)."""

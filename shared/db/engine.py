@@ -1,0 +1,111 @@
+"""Engines (one per URL per process, created lazily) and schema migration helpers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.errors import SchemaError
+
+
+def make_engine(url: str) -> sa.Engine:
+    """A new engine for ``url``; SQLite gets WAL and foreign keys so workers in threads can share it."""
+    if url.startswith("sqlite"):
+        if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+            Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 60})
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # noqa: ANN001 - DBAPI hook
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+# One engine and sessionmaker per URL per process, created on first use (never in a prefork parent).
+_ENGINES: dict[str, tuple[sa.Engine, sessionmaker[Session]]] = {}
+
+
+def get_engine(url: str) -> sa.Engine:
+    """This process's engine for ``url``. Call :func:`dispose_engines` in a forked child."""
+    return _engine_and_sessionmaker(url)[0]
+
+
+def session_for(url: str) -> Session:
+    """A new session on this process's engine for ``url``; the caller owns the transaction."""
+    return _engine_and_sessionmaker(url)[1]()
+
+
+def _engine_and_sessionmaker(url: str) -> tuple[sa.Engine, sessionmaker[Session]]:
+    if url not in _ENGINES:
+        engine = make_engine(url)
+        _ENGINES[url] = (engine, sessionmaker(engine, expire_on_commit=False))
+    return _ENGINES[url]
+
+
+def dispose_engines() -> None:
+    """Forget engines inherited over fork; a child must not share its parent's connections."""
+    for engine, _ in _ENGINES.values():
+        engine.dispose(close=False)
+    _ENGINES.clear()
+
+
+def alembic_config(url: str):  # -> alembic.config.Config
+    """Alembic configuration pointing at the packaged ``migrations`` folder and ``url``."""
+    from alembic.config import Config
+
+    import migrations
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return cfg
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Migrate the database at ``url`` up to ``revision``."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url), revision)
+
+
+def downgrade(url: str, revision: str) -> None:
+    """Migrate the database at ``url`` down to ``revision`` (``base`` drops everything)."""
+    from alembic import command
+
+    command.downgrade(alembic_config(url), revision)
+
+
+def current_revision(engine: sa.Engine) -> str | None:
+    """The revision the database is at, or None when it was never migrated."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def head_revision(url: str) -> str:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config(url)).get_current_head()
+
+
+def ensure_schema(url: str, *, auto_upgrade: bool) -> None:
+    """Check the schema is at head; migrate when ``auto_upgrade`` (the embedded SQLite) else explain."""
+    current, head = current_revision(get_engine(url)), head_revision(url)
+    if current == head:
+        return
+    if auto_upgrade:
+        upgrade(url)
+        return
+    raise SchemaError(
+        f"database {sa.make_url(url).render_as_string(hide_password=True)} is at revision {current or 'none'}, "
+        f"the code needs {head}: run `fusionq db upgrade` once per deploy."
+    )

@@ -1,0 +1,134 @@
+"""SQLAlchemy tables. Unique keys make every worker write an idempotent upsert.
+
+Portable types only (JSON, Uuid, LargeBinary), so the same schema runs on Postgres and SQLite.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING)
+
+
+class Classifier(Base):
+    """A trained classifier version in the registry. Rows are immutable once written."""
+
+    __tablename__ = "classifiers"
+    __table_args__ = (sa.UniqueConstraint("name", "version", name="uq_classifiers_name_version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    version: Mapped[int] = mapped_column(sa.Integer)
+    labels: Mapped[list] = mapped_column(sa.JSON)
+    multi_label: Mapped[bool] = mapped_column(sa.Boolean)
+    encoder_spec: Mapped[dict] = mapped_column(sa.JSON)
+    artifact_uri: Mapped[str] = mapped_column(sa.Text)
+    artifact_sha256: Mapped[str] = mapped_column(sa.String(64))
+    metrics: Mapped[dict] = mapped_column(sa.JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+
+
+class Job(Base):
+    """One caller request: many texts, one classifier version, one mode."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
+    classifier_id: Mapped[int] = mapped_column(sa.ForeignKey("classifiers.id"))
+    mode: Mapped[str] = mapped_column(sa.String(16))
+    status: Mapped[str] = mapped_column(sa.String(16), default="queued")
+    idempotency_key: Mapped[str | None] = mapped_column(sa.String(200), unique=True)
+    n_items: Mapped[int] = mapped_column(sa.Integer)
+    n_done: Mapped[int] = mapped_column(sa.Integer, default=0)
+    n_failed: Mapped[int] = mapped_column(sa.Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+
+class Item(Base):
+    """One text of a job. ``status``: pending -> embedded -> done, or failed with ``error``."""
+
+    __tablename__ = "items"
+    __table_args__ = (
+        sa.UniqueConstraint("job_id", "position", name="uq_items_job_id_position"),
+        sa.Index("ix_items_status_lease", "status", "lease_until"),
+    )
+
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("jobs.id", ondelete="CASCADE"))
+    position: Mapped[int] = mapped_column(sa.Integer)
+    text: Mapped[str] = mapped_column(sa.Text)
+    text_hash: Mapped[str] = mapped_column(sa.String(64), index=True)
+    status: Mapped[str] = mapped_column(sa.String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    lease_until: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    updated_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+
+
+class ItemFeatures(Base):
+    """Encoder output of one item, float32 bytes, keyed by (item, encoder) so a re-run is a no-op."""
+
+    __tablename__ = "item_features"
+
+    item_id: Mapped[int] = mapped_column(sa.ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)
+    encoder_key: Mapped[str] = mapped_column(sa.String(400), primary_key=True)
+    dim: Mapped[int] = mapped_column(sa.Integer)
+    vector: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    created_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+
+
+class Prediction(Base):
+    """The one final prediction of an item (unique on item)."""
+
+    __tablename__ = "predictions"
+
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
+    item_id: Mapped[int] = mapped_column(sa.ForeignKey("items.id", ondelete="CASCADE"), unique=True)
+    labels: Mapped[list] = mapped_column(sa.JSON)
+    probabilities: Mapped[list] = mapped_column(sa.JSON)
+    confidence: Mapped[float] = mapped_column(sa.Float)
+    signals: Mapped[list] = mapped_column(sa.JSON)
+    latency_ms: Mapped[float] = mapped_column(sa.Float)
+    created_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+
+
+class LlmScore(Base):
+    """Cached per-class scores of one LLM question; filled by the LLM workers."""
+
+    __tablename__ = "llm_scores"
+
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
+    cache_key: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    provider: Mapped[str] = mapped_column(sa.String(100))
+    model: Mapped[str] = mapped_column(sa.String(300))
+    prompt_version: Mapped[str] = mapped_column(sa.String(50))
+    label_set_hash: Mapped[str] = mapped_column(sa.String(64))
+    text_hash: Mapped[str] = mapped_column(sa.String(64))
+    scores: Mapped[list | None] = mapped_column(sa.JSON)
+    method: Mapped[str] = mapped_column(sa.String(16))
+    tokens_in: Mapped[int] = mapped_column(sa.Integer, default=0)
+    tokens_out: Mapped[int] = mapped_column(sa.Integer, default=0)
+    cost_usd: Mapped[float] = mapped_column(sa.Float, default=0.0)
+    latency_ms: Mapped[float] = mapped_column(sa.Float, default=0.0)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)

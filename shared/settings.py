@@ -1,0 +1,82 @@
+"""Settings read once from ``FUSIONQ_*`` environment variables (and an optional ``.env``).
+
+Unset broker and database URLs mean the embedded default: an in-memory broker with an
+in-process worker, and a SQLite file under ``FUSIONQ_HOME``.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.errors import ConfigError
+
+DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class Settings(BaseSettings):
+    """All configuration of a fusionq process. Build with :func:`get_settings`."""
+
+    model_config = SettingsConfigDict(env_prefix="FUSIONQ_", env_file=".env", extra="ignore")
+
+    home: Path = Field(default=Path("~/.fusionq"), description="Folder for the embedded SQLite database and artifacts.")
+    broker_url: str | None = Field(default=None, description="Celery broker, e.g. redis://host:6379/0. Unset: in-memory, in-process worker.")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db. Unset: SQLite under home.")
+    artifact_dir: Path | None = Field(default=None, description="Where trained classifiers are saved; must be shared by all workers. Unset: home/artifacts.")
+    default_encoder: str = Field(default=DEFAULT_ENCODER, description="Hugging Face id or local path of the encoder used when training does not name one.")
+    device: str | None = Field(default=None, description="torch device for encoders (cuda, cuda:1, cpu). Unset: CUDA when available, else CPU.")
+    embed_items_per_task: int = Field(default=256, ge=1, description="Items carried by one embed task message.")
+    embed_max_tokens: int = Field(default=4096, ge=64, description="Token budget of one encoder forward pass (batch size x padded length).")
+    embed_max_batch: int = Field(default=32, ge=1, description="Most texts in one encoder forward pass.")
+    max_text_chars: int = Field(default=1_000_000, ge=1, description="Texts longer than this are marked failed at submit.")
+    task_time_limit: int = Field(default=600, ge=10, description="Hard time limit of one task, seconds.")
+    visibility_timeout: int = Field(default=3600, ge=60, description="Redis visibility timeout, seconds; must exceed the task time limit.")
+    item_lease_seconds: int = Field(default=900, ge=10, description="How long an enqueued item may wait before the sweeper may re-enqueue it.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "Settings":
+        self.home = self.home.expanduser()
+        if self.artifact_dir is not None:
+            self.artifact_dir = self.artifact_dir.expanduser()
+        if self.task_time_limit * 2 > self.visibility_timeout:
+            raise ConfigError(
+                f"FUSIONQ_TASK_TIME_LIMIT={self.task_time_limit}s must be at most half of "
+                f"FUSIONQ_VISIBILITY_TIMEOUT={self.visibility_timeout}s, or Redis redelivers tasks that are still running."
+            )
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        """True when the broker lives in this process, so this process must run the worker too."""
+        return self.effective_broker_url.startswith("memory://")
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or "memory://"
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return _with_driver(self.database_url)
+        return f"sqlite:///{self.home / 'fusionq.db'}"
+
+    @property
+    def effective_artifact_dir(self) -> Path:
+        return self.artifact_dir or self.home / "artifacts"
+
+
+def _with_driver(url: str) -> str:
+    """Name psycopg 3 explicitly: a bare postgresql:// URL would make SQLAlchemy look for psycopg2."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+@functools.lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read once from the environment."""
+    return Settings()

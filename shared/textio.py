@@ -1,0 +1,112 @@
+"""Reading labelled and unlabelled CSV files, and checking single texts, with errors that say where."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.errors import DataFileError
+
+LABEL_SEPARATOR = "|"
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # texts of several MB are legal CSV fields
+
+
+@dataclass(frozen=True)
+class LabelledData:
+    """Texts with one label each (single-label) or a list of labels each (multi-label)."""
+
+    texts: list[str]
+    labels: list[list[str]]
+    multi_label: bool
+    source: str
+
+    def label_names(self) -> list[str]:
+        return sorted({name for names in self.labels for name in names})
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def text_problem(text: object, *, max_chars: int) -> str | None:
+    """Why ``text`` cannot be classified, or None when it can."""
+    if not isinstance(text, str):
+        return f"text must be a string, got {type(text).__name__}"
+    if not text.strip():
+        return "empty or whitespace-only text"
+    if len(text) > max_chars:
+        return f"text has {len(text):,} characters, above the limit of {max_chars:,} (FUSIONQ_MAX_TEXT_CHARS): split it or raise the limit"
+    return None
+
+
+def _decode(path: Path) -> str:
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DataFileError(
+            f"{path}: not valid UTF-8 at byte {exc.start} (line {line}): {raw[exc.start:exc.start + 8]!r}. "
+            "Re-save the file as UTF-8, e.g. `iconv -f latin1 -t utf-8 in.csv > out.csv`."
+        ) from exc
+
+
+def read_rows(path: str | Path, *, required: tuple[str, ...]) -> tuple[list[dict[str, str]], list[str]]:
+    """Rows of a UTF-8 CSV with a header holding every column in ``required``; (rows, header)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError(f"{path}: no such file")
+    reader = csv.DictReader(io.StringIO(_decode(path), newline=""))
+    header = list(reader.fieldnames or [])
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise DataFileError(
+            f"{path}: missing column(s) {', '.join(missing)}; the header is {header or 'empty'}. "
+            f"Expected a header line with {', '.join(required)}."
+        )
+    rows = []
+    try:
+        for row in reader:
+            if None in row:  # more fields than the header names
+                raise DataFileError(f"{path}, line {reader.line_num}: {len(header) + len(row[None])} fields, the header has {len(header)}; quote texts that contain commas")
+            rows.append(row)
+    except csv.Error as exc:
+        raise DataFileError(f"{path}, line {reader.line_num}: malformed CSV: {exc}") from exc
+    if not rows:
+        raise DataFileError(f"{path}: no data rows below the header")
+    return rows, header
+
+
+def read_texts(path: str | Path, *, column: str = "text") -> list[str]:
+    """The ``column`` of a CSV, in order. Empty texts are kept; the service marks them failed."""
+    rows, _ = read_rows(path, required=(column,))
+    return [row[column] or "" for row in rows]
+
+
+def read_labelled(path: str | Path) -> LabelledData:
+    """A ``text,label`` (single-label) or ``text,labels`` (multi-label, ``|``-joined) CSV."""
+    path = Path(path)
+    rows, header = read_rows(path, required=("text",))
+    if "labels" in header:
+        column, multi = "labels", True
+    elif "label" in header:
+        column, multi = "label", False
+    else:
+        raise DataFileError(
+            f"{path}: no label column; the header is {header}. Use `text,label` for single-label "
+            f"or `text,labels` with {LABEL_SEPARATOR}-joined names for multi-label data."
+        )
+    texts, labels = [], []
+    for number, row in enumerate(rows, start=1):
+        value = (row[column] or "").strip()
+        names = [n.strip() for n in value.split(LABEL_SEPARATOR)] if multi else [value]
+        names = [n for n in names if n]
+        if not names:
+            raise DataFileError(f"{path}, data row {number}: empty {column!r}")
+        texts.append(row["text"] or "")
+        labels.append(sorted(set(names)))
+    return LabelledData(texts=texts, labels=labels, multi_label=multi, source=str(path))

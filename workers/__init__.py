@@ -1,0 +1,1 @@
+"""Celery side of fusionq: the app (``workers.app``) and one thin task module per queue."""

@@ -1,0 +1,66 @@
+"""The embedded default: one Celery worker in a thread of this process, on the in-memory broker.
+
+Runs the very same tasks as the production workers, so `fusionq demo` exercises the real path
+with nothing installed but the package.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from celery import Celery
+from celery.worker import WorkController
+
+from workers.app import QUEUES
+
+
+class _ReadyWorkController(WorkController):
+    """A WorkController that says when its consumer is ready to take messages."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.ready = threading.Event()
+        super().__init__(*args, **kwargs)
+
+    def on_consumer_ready(self, consumer) -> None:
+        super().on_consumer_ready(consumer)
+        self.ready.set()
+
+
+class EmbeddedWorker:
+    """Start with :meth:`start`, stop with :meth:`stop` (or use as a context manager)."""
+
+    def __init__(self, app: Celery, *, queues: tuple[str, ...] = QUEUES) -> None:
+        self.app = app
+        self.queues = queues
+        self._controller: _ReadyWorkController | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, timeout: float = 60.0) -> "EmbeddedWorker":
+        self._controller = _ReadyWorkController(
+            app=self.app, hostname=f"embedded-{os.getpid()}@localhost", pool_cls="solo", concurrency=1,
+            queues=list(self.queues), without_heartbeat=True, without_mingle=True, without_gossip=True,
+            loglevel="WARNING", ready_callback=None,
+        )
+        self._thread = threading.Thread(target=self._run, name="fusionq-embedded-worker", daemon=True)
+        self._thread.start()
+        if not self._controller.ready.wait(timeout):
+            raise RuntimeError(f"the embedded Celery worker did not start within {timeout:.0f}s")
+        return self
+
+    def _run(self) -> None:
+        # Celery's trace code finds tasks through the thread's current app.
+        self.app.set_current()
+        self._controller.start()
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._thread.join(timeout=30)
+            self._controller = self._thread = None
+
+    def __enter__(self) -> "EmbeddedWorker":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
