@@ -1,0 +1,33 @@
+import pytest
+
+from shared.encoders.batching import pack_by_tokens
+
+
+@pytest.mark.parametrize(
+    ("lengths", "max_tokens", "max_batch", "expected"),
+    [
+        ([], 100, 8, []),
+        ([5], 100, 8, [[0]]),
+        ([10, 2, 5], 100, 8, [[1, 2, 0]]),                 # one batch, shortest first
+        ([10, 10, 10, 10], 25, 8, [[0, 1], [2, 3]]),       # 2 x 10 fits 25, 3 x 10 does not
+        ([1, 1, 1, 1, 1], 100, 2, [[0, 1], [2, 3], [4]]),  # capped by count
+        ([500, 3], 100, 8, [[1], [0]]),                    # a text over budget goes alone
+        ([4, 50, 4, 50], 100, 8, [[0, 2], [1, 3]]),        # 4 x 50 would be 200 padded tokens
+    ],
+)
+def test_batches_respect_token_budget_and_count(lengths, max_tokens, max_batch, expected):
+    assert pack_by_tokens(lengths, max_tokens=max_tokens, max_batch=max_batch) == expected
+
+
+def test_every_index_appears_exactly_once_and_budget_holds():
+    lengths = [(i * 37) % 120 + 1 for i in range(500)]
+    batches = pack_by_tokens(lengths, max_tokens=512, max_batch=16)
+    assert sorted(i for b in batches for i in b) == list(range(500))
+    for batch in batches:
+        assert len(batch) <= 16
+        assert len(batch) == 1 or len(batch) * max(lengths[i] for i in batch) <= 512
+
+
+def test_rejects_nonsense_budgets():
+    with pytest.raises(ValueError):
+        pack_by_tokens([1], max_tokens=0, max_batch=1)

@@ -1,0 +1,124 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from shared.encoders.spec import EncoderSpec
+from shared.errors import ArtifactError
+from shared.fusion.artifact import ClassifierArtifact, load_artifact, save_artifact
+from shared.fusion.calibration import expected_calibration_error, fit_temperature
+from shared.fusion.model import FusionConfig, FusionModel
+from shared.fusion.predict import decide
+from shared.fusion.training import TrainingConfig, split_train_validation, train_fusion
+
+
+def blobs(n_per_class: int, n_classes: int = 3, dim: int = 16, spread: float = 1.0, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 3, (n_classes, dim))
+    x = np.concatenate([centres[c] + rng.normal(0, spread, (n_per_class, dim)) for c in range(n_classes)])
+    y = np.repeat(np.arange(n_classes), n_per_class)
+    return x.astype(np.float32), y.astype(np.int64)
+
+
+def test_llm_places_exist_and_a_missing_source_is_ignored():
+    model = FusionModel(FusionConfig(feature_dim=8, n_classes=3, llm_sources=("vllm", "api"), hidden=16)).eval()
+    features = torch.randn(4, 8)
+    # Given LLM scores that are all marked missing
+    scores, mask = torch.rand(4, 2, 3), torch.zeros(4, 2)
+    # Then they cannot change the output, whatever their values
+    assert torch.allclose(model(features, scores, mask), model(features, torch.rand(4, 2, 3), mask))
+    assert torch.allclose(model(features, scores, mask), model(features))
+    # And a present source does change it
+    assert not torch.allclose(model(features, scores, torch.ones(4, 2)), model(features))
+
+
+def test_training_learns_separable_classes_and_reports_candidates():
+    x, y = blobs(60)
+    trained = train_fusion(x, y, labels=["a", "b", "c"], multi_label=False,
+                           config=TrainingConfig(max_epochs=60, hidden_options=(0, 32)))
+    assert trained.validation["accuracy_calibrated"] >= 0.95
+    assert [c["hidden"] for c in trained.candidates] == [0, 32]
+    assert trained.temperature > 0
+
+
+def test_validation_split_is_stratified_and_disjoint():
+    y = np.array([0] * 50 + [1] * 10 + [2] * 2)
+    train, val = split_train_validation(y, val_fraction=0.2, seed=0)
+    assert set(train).isdisjoint(val) and len(train) + len(val) == len(y)
+    assert sorted(np.bincount(y[val]).tolist()) == [1, 2, 10]
+
+
+def test_temperature_scaling_lowers_ece_of_an_overconfident_model():
+    rng = np.random.default_rng(0)
+    n, c = 4000, 4
+    true_logits = rng.normal(0, 1.5, (n, c))
+    probs = np.exp(true_logits) / np.exp(true_logits).sum(1, keepdims=True)
+    y = np.array([rng.choice(c, p=p) for p in probs])
+    overconfident = true_logits * 4.0  # the right ranking, far too sharp
+    t = fit_temperature(torch.tensor(overconfident), torch.tensor(y), multi_label=False)
+    before = decide(overconfident, multi_label=False)
+    after = decide(overconfident / t, multi_label=False)
+    ece = lambda d: expected_calibration_error(d.confidence, d.label_matrix.argmax(1) == y)  # noqa: E731
+    assert 3.0 < t < 5.5
+    assert ece(after) < ece(before) / 3
+
+
+def test_temperature_does_not_collapse_on_a_small_perfect_validation_set():
+    logits = torch.tensor([[4.0, 0.0], [0.0, 4.0]] * 10)
+    t = fit_temperature(logits, torch.tensor([0, 1] * 10), multi_label=False)
+    p = decide(logits.numpy() / t, multi_label=False).confidence
+    assert p.max() < 0.99  # 20 right answers do not justify certainty
+
+
+def test_multi_label_decision_keeps_at_least_one_label():
+    d = decide(np.array([[-3.0, -2.0, -4.0], [2.0, 1.0, -1.0]]), multi_label=True)
+    assert d.label_matrix.tolist() == [[False, True, False], [True, True, False]]
+    assert np.all((d.confidence >= 0.5) & (d.confidence <= 1))
+
+
+def test_multi_label_training():
+    x, y = blobs(50, n_classes=3)
+    targets = np.eye(3, dtype=np.float32)[y]
+    targets[y == 0, 1] = 1.0  # class a always comes with b
+    trained = train_fusion(x, targets, labels=["a", "b", "c"], multi_label=True, config=TrainingConfig(max_epochs=60))
+    assert trained.validation["accuracy_calibrated"] >= 0.9
+
+
+def _artifact():
+    x, y = blobs(20, dim=8)
+    trained = train_fusion(x, y, labels=["a", "b", "c"], multi_label=False, config=TrainingConfig(max_epochs=5))
+    return x, ClassifierArtifact(model=trained.model, temperature=trained.temperature, labels=trained.labels,
+                                 multi_label=False, encoder=EncoderSpec(model="m"), metrics={"k": 1})
+
+
+def test_artifact_round_trip_is_bit_exact(tmp_path):
+    x, artifact = _artifact()
+    sha = save_artifact(tmp_path / "v1", artifact)
+    loaded = load_artifact(tmp_path / "v1", expected_sha256=sha)
+    for key, value in artifact.model.state_dict().items():
+        assert torch.equal(value, loaded.model.state_dict()[key])
+    assert np.array_equal(artifact.decide(x).probabilities, loaded.decide(x).probabilities)
+    assert (loaded.labels, loaded.encoder, loaded.temperature) == (artifact.labels, artifact.encoder, artifact.temperature)
+    with pytest.raises(ArtifactError, match="never overwritten"):
+        save_artifact(tmp_path / "v1", artifact)
+
+
+def test_corrupt_missing_or_mismatched_artifacts_are_named(tmp_path):
+    x, artifact = _artifact()
+    sha = save_artifact(tmp_path / "v1", artifact)
+    weights = tmp_path / "v1" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])
+    with pytest.raises(ArtifactError, match="corrupt or was replaced"):
+        load_artifact(tmp_path / "v1", expected_sha256=sha)
+    with pytest.raises(ArtifactError, match="cannot be loaded"):
+        load_artifact(tmp_path / "v1")
+    config = tmp_path / "v1" / "config.json"
+    config.write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(ArtifactError, match="format"):
+        load_artifact(tmp_path / "v1")
+    with pytest.raises(ArtifactError, match="model.safetensors is missing"):
+        weights.unlink()
+        load_artifact(tmp_path / "v1")
+    with pytest.raises(ArtifactError, match=r"expects \[N, 8\]"):
+        artifact.decide(np.zeros((2, 5), dtype=np.float32))

@@ -1,0 +1,63 @@
+"""The two stages of the fast path, run directly (no Celery): idempotent and failure-isolating."""
+
+import sqlalchemy as sa
+
+from shared.db.engine import session_for
+from shared.db.jobs import create_job
+from shared.db.models import Classifier, Item, Job, Prediction
+from shared.pipeline import embed_stage, fusion_stage
+from tests.conftest import make_topic_texts, train_topics
+
+
+def _submit(settings, texts):
+    with session_for(settings.effective_database_url) as session, session.begin():
+        clf = session.scalars(sa.select(Classifier)).one()
+        job, _ = create_job(session=session, classifier=clf, texts=texts, mode="fast", idempotency_key=None,
+                            max_text_chars=settings.max_text_chars)
+    with session_for(settings.effective_database_url) as session:
+        ids = session.scalars(sa.select(Item.id).where(Item.job_id == job.id).order_by(Item.position)).all()
+    return str(job.id), list(ids)
+
+
+def test_running_each_stage_twice_gives_exactly_one_prediction_per_item(db_settings, tiny_bert_path):
+    train_topics(db_settings, tiny_bert_path)
+    texts, _ = make_topic_texts(5, seed=9)
+    job_id, ids = _submit(db_settings, texts)
+    # When every stage runs twice, as after a redelivered message
+    assert embed_stage(db_settings, job_id=job_id, item_ids=ids) == ids
+    assert embed_stage(db_settings, job_id=job_id, item_ids=ids) == []
+    assert fusion_stage(db_settings, job_id=job_id, item_ids=ids) == len(ids)
+    assert fusion_stage(db_settings, job_id=job_id, item_ids=ids) == 0
+    # Then each item has one prediction and the job is complete
+    with session_for(db_settings.effective_database_url) as session:
+        counts = session.execute(sa.select(Prediction.item_id, sa.func.count()).group_by(Prediction.item_id)).all()
+        assert sorted(c[0] for c in counts) == ids and {c[1] for c in counts} == {1}
+        job = session.scalars(sa.select(Job)).one()
+        assert (job.status, job.n_done, job.n_failed) == ("completed", len(ids), 0)
+        attempts = session.scalars(sa.select(Item.attempts)).all()
+        assert set(attempts) == {1}
+
+
+def test_corrupt_artifact_fails_the_items_with_the_reason(sqlite_settings, tiny_bert_path):
+    result = train_topics(sqlite_settings, tiny_bert_path)
+    weights = result.artifact_dir / "model.safetensors"
+    weights.write_bytes(b"garbage")
+    job_id, ids = _submit(sqlite_settings, ["the striker and the coach"])
+    embed_stage(sqlite_settings, job_id=job_id, item_ids=ids)
+    fusion_stage(sqlite_settings, job_id=job_id, item_ids=ids)
+    with session_for(sqlite_settings.effective_database_url) as session:
+        item = session.scalars(sa.select(Item)).one()
+        assert item.status == "failed" and "corrupt or was replaced" in item.error
+        assert session.scalars(sa.select(Job)).one().status == "completed"
+
+
+def test_an_encoder_that_cannot_load_fails_items_instead_of_looping(sqlite_settings, tiny_bert_path):
+    train_topics(sqlite_settings, tiny_bert_path)
+    with session_for(sqlite_settings.effective_database_url) as session, session.begin():
+        session.execute(sa.update(Classifier).values(encoder_spec={"model": "/nowhere/encoder"}))
+    job_id, ids = _submit(sqlite_settings, ["a text", "another"])
+    assert embed_stage(sqlite_settings, job_id=job_id, item_ids=ids) == []
+    with session_for(sqlite_settings.effective_database_url) as session:
+        errors = session.scalars(sa.select(Item.error)).all()
+        assert all("cannot load encoder '/nowhere/encoder'" in e for e in errors)
+        assert session.scalars(sa.select(Job)).one().status == "completed"

@@ -1,0 +1,69 @@
+"""The `fusionq` command as a user runs it: real files in, real files out, clear errors."""
+
+import csv
+import json
+
+import pytest
+
+from shared.cli import main
+from tests.conftest import write_csv
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("FUSIONQ_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_train_classify_evaluate_round_trip(home, topic_csvs, tiny_bert_path, capsys):
+    train_csv, test_csv = topic_csvs
+    assert main(["-q", "train", "--data", str(train_csv), "--name", "topics", "--encoder", tiny_bert_path]) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert trained["classifier"] == "topics@1" and trained["labels"] == ["business", "science", "sports"]
+
+    texts = write_csv(home / "texts.csv", ["text"], [["the striker and the coach"], [""], ["profit and revenue"]])
+    assert main(["-q", "classify", "--classifier", "topics", "--in", str(texts), "--out", str(home / "p.csv")]) == 0
+    rows = list(csv.DictReader((home / "p.csv").open()))
+    assert [r["status"] for r in rows] == ["done", "failed", "done"]
+    assert rows[1]["error"] == "empty or whitespace-only text"
+    assert set(rows[0]) >= {"labels", "confidence", "p_sports", "p_business", "p_science"}
+
+    assert main(["-q", "evaluate", "--classifier", "topics@1", "--data", str(test_csv), "--out-dir", "ev"]) == 0
+    report = json.loads((home / "ev" / "metrics.json").read_text())
+    assert report["n_texts"] == 30 and 0 <= report["ece"] <= 1
+    assert [r["coverage"] for r in report["coverage_accuracy"]] == [0.5, 0.7, 0.9, 1.0]
+    assert "## Confusion matrix" in (home / "ev" / "report.md").read_text()
+
+
+def test_errors_name_what_is_wrong_and_exit_2(home, topic_csvs, tiny_bert_path, capsys):
+    train_csv, _ = topic_csvs
+    assert main(["-q", "classify", "--classifier", "ghost", "--in", str(train_csv), "--out", "p.csv"]) == 2
+    assert "no classifier 'ghost'" in capsys.readouterr().err
+    main(["-q", "train", "--data", str(train_csv), "--name", "topics", "--encoder", tiny_bert_path])
+    unknown = write_csv(home / "u.csv", ["text", "label"], [["x", "sports"], ["y", "weather"]])
+    assert main(["-q", "evaluate", "--classifier", "topics", "--data", str(unknown)]) == 2
+    assert "label(s) the classifier does not know: 'weather' (data rows 2)" in capsys.readouterr().err
+    latin = home / "latin.csv"
+    latin.write_bytes("text\ncaf\xe9\n".encode("latin-1"))
+    assert main(["-q", "classify", "--classifier", "topics", "--in", str(latin), "--out", "p.csv"]) == 2
+    assert "not valid UTF-8" in capsys.readouterr().err
+
+
+def test_demo_on_the_shipped_sample_with_the_real_minilm(home, capsys):
+    """The README's first command: real encoder, real sample, through the Celery tasks."""
+    assert main(["-q", "demo"]) == 0
+    out = capsys.readouterr().out
+    assert "embedded worker, in-memory broker" in out and "| true \\ predicted |" in out
+    report = json.loads((home / "fusionq-eval-demo" / "metrics.json").read_text())
+    assert report["n_texts"] == 100 and report["n_failed"] == 0
+    assert report["accuracy"] >= 0.85
+
+
+def test_demo_accepts_a_folder_and_refuses_one_without_test_csv(home, topic_csvs, tiny_bert_path, capsys):
+    train_csv, _ = topic_csvs
+    assert main(["-q", "demo", "--data", str(train_csv.parent), "--name", "t", "--encoder", tiny_bert_path]) == 0
+    assert json.loads((home / "fusionq-eval-t" / "metrics.json").read_text())["n_texts"] == 30
+    (home / "only").mkdir()
+    assert main(["-q", "demo", "--data", str(home / "only")]) == 2
+    assert "needs train.csv and test.csv" in capsys.readouterr().err
