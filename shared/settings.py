@@ -32,6 +32,7 @@ class Settings(BaseSettings):
     embed_max_tokens: int = Field(default=4096, ge=64, description="Token budget of one encoder forward pass (batch size x padded length).")
     embed_max_batch: int = Field(default=32, ge=1, description="Most texts in one encoder forward pass.")
     max_text_chars: int = Field(default=1_000_000, ge=1, description="Texts longer than this are marked failed at submit.")
+    torch_threads: int | None = Field(default=None, ge=1, description="CPU threads torch may use in a worker (1 suits the fusion worker beside an encoder). Unset: torch's default.")
     task_time_limit: int = Field(default=600, ge=10, description="Hard time limit of one task, seconds.")
     visibility_timeout: int = Field(default=3600, ge=60, description="Redis visibility timeout, seconds; must exceed the task time limit.")
     item_lease_seconds: int = Field(default=900, ge=10, description="How long an enqueued item may wait before the sweeper may re-enqueue it.")

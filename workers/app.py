@@ -6,7 +6,7 @@ Run one worker per queue, e.g. ``celery -A workers.app worker -Q embed -c 1 -E``
 from __future__ import annotations
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_init, worker_process_init
 from kombu import Queue
 
 from shared.db.engine import dispose_engines
@@ -62,6 +62,21 @@ def create_app(settings: Settings) -> Celery:
 def _forget_parent_connections(**_kwargs) -> None:
     # A prefork child must open its own database connections; models load lazily on first use.
     dispose_engines()
+    _limit_torch_threads()
+
+
+@worker_init.connect
+def _on_worker_start(**_kwargs) -> None:
+    _limit_torch_threads()
+
+
+def _limit_torch_threads() -> None:
+    """Apply FUSIONQ_TORCH_THREADS: a fusion worker on a small box must not fight the encoder for cores."""
+    threads = get_settings().torch_threads
+    if threads:
+        import torch  # setting CPU threads does not initialise CUDA
+
+        torch.set_num_threads(threads)
 
 
 app = create_app(get_settings())

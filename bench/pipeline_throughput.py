@@ -1,0 +1,146 @@
+"""Pipeline efficiency: texts/s through the whole system vs the bare encoder, and one-text latency.
+
+Whole system = Redis broker + Postgres + separate `embed` and `fusion` worker processes, the
+same texts and model as the bare in-process encoder. Needs Redis and Postgres on 127.0.0.1.
+
+    python bench/pipeline_throughput.py --data ../shared/data/ag_news/test.csv --n 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import sqlalchemy as sa
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from shared.client import FusionqClient  # noqa: E402
+from shared.db.engine import dispose_engines, upgrade  # noqa: E402
+from shared.demo import sample_dir, stratified_sample  # noqa: E402
+from shared.encoders.hf import get_encoder  # noqa: E402
+from shared.encoders.spec import EncoderSpec  # noqa: E402
+from shared.settings import Settings  # noqa: E402
+from shared.textio import read_labelled, read_texts  # noqa: E402
+from shared.trainer import train_classifier  # noqa: E402
+from workers.launch import start_worker, stop_worker  # noqa: E402
+
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+REDIS = "redis://127.0.0.1:6379/12"
+
+
+def bare_encoder_rate(spec: EncoderSpec, texts: list[str], settings: Settings, repeats: int) -> float:
+    encoder = get_encoder(spec)
+    encoder.encode(texts[:64], max_tokens=settings.embed_max_tokens, max_batch=settings.embed_max_batch)  # warm-up
+    rates = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        encoder.encode(texts, max_tokens=settings.embed_max_tokens, max_batch=settings.embed_max_batch)
+        rates.append(len(texts) / (time.perf_counter() - started))
+    return statistics.median(rates)
+
+
+def single_text_model_ms(spec: EncoderSpec, text: str, repeats: int = 20) -> float:
+    encoder = get_encoder(spec)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        encoder.encode([text])
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="../shared/data/ag_news/test.csv", help="CSV with a text column")
+    parser.add_argument("--train", default="../shared/data/ag_news/train.csv", help="labelled CSV for the classifier")
+    parser.add_argument("--n", type=int, default=2000, help="texts per throughput run")
+    parser.add_argument("--repeats", type=int, default=2, help="throughput runs of each kind (median reported)")
+    parser.add_argument("--latency-jobs", type=int, default=20)
+    parser.add_argument("--out", default="bench/out/pipeline_throughput.json")
+    args = parser.parse_args()
+
+    texts = read_texts(args.data)[: args.n]
+    train_path = Path(args.train) if Path(args.train).is_file() else sample_dir() / "train.csv"
+    spec = EncoderSpec(model="sentence-transformers/all-MiniLM-L6-v2")
+    db_name = f"fusionq_bench_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{db_name}"'))
+    tmp = Path(tempfile.mkdtemp(prefix="fusionq-bench-"))
+    settings = Settings(home=tmp, database_url=PG_ADMIN.rsplit("/", 1)[0] + f"/{db_name}", broker_url=REDIS,
+                        artifact_dir=tmp / "artifacts")
+    import redis
+
+    redis.Redis.from_url(REDIS).flushdb()
+    procs = []
+    try:
+        upgrade(settings.effective_database_url)
+        print(f"training a classifier on {train_path} (not timed) ...", flush=True)
+        train = stratified_sample(read_labelled(train_path), 1000)
+        train_classifier(settings=settings, name="bench", data=train, encoder=spec, show_progress=False)
+
+        print(f"bare encoder on {len(texts)} texts ...", flush=True)
+        bare = bare_encoder_rate(spec, texts, settings, args.repeats)
+        model_ms = single_text_model_ms(spec, texts[0])
+
+        env = {"FUSIONQ_DATABASE_URL": settings.database_url, "FUSIONQ_BROKER_URL": REDIS,
+               "FUSIONQ_ARTIFACT_DIR": str(settings.artifact_dir), "HF_HUB_OFFLINE": "1"}
+        procs.append(start_worker("embed", env=env, log_dir=tmp / "logs"))
+        procs.append(start_worker("fusion", env={**env, "FUSIONQ_TORCH_THREADS": "1"}, log_dir=tmp / "logs"))
+        with FusionqClient(settings) as client:
+            client.wait(client.submit(texts[:64], "bench"), timeout=300)  # workers load their models
+            system_rates = []
+            for _ in range(args.repeats):
+                started = time.perf_counter()
+                job = client.submit(texts, "bench")
+                client.wait(job, timeout=3600, poll=0.5)  # a slow poll: the caller must not steal CPU from the workers
+                system_rates.append(len(texts) / (time.perf_counter() - started))
+            system = statistics.median(system_rates)
+
+            observed, stored = [], []
+            for i in range(args.latency_jobs):
+                started = time.perf_counter()
+                job = client.submit([texts[i % len(texts)]], "bench")
+                client.wait(job, timeout=60, poll=0.002)
+                observed.append((time.perf_counter() - started) * 1000)
+                stored.append(client.results(job)[0].latency_ms)
+    finally:
+        for proc in procs:
+            stop_worker(proc)
+        dispose_engines()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
+        redis.Redis.from_url(REDIS).flushdb()
+
+    result = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}",
+        "model": spec.model, "texts": len(texts), "data": args.data,
+        "bare_encoder_texts_per_s": round(bare, 1),
+        "system_texts_per_s": round(system, 1),
+        "system_runs_texts_per_s": [round(r, 1) for r in system_rates],
+        "ratio": round(system / bare, 3),
+        "one_text_job_ms_median": round(statistics.median(observed), 1),
+        "one_text_job_ms_p90": round(sorted(observed)[int(0.9 * (len(observed) - 1))], 1),
+        "one_text_stored_latency_ms_median": round(statistics.median(stored), 1),
+        "one_text_model_ms_median": round(model_ms, 1),
+        "one_text_overhead_ms_median": round(statistics.median(observed) - model_ms, 1),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
