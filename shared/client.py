@@ -32,8 +32,6 @@ from shared.errors import InputError, JobTimeout
 from shared.schemas import MODES, ItemResult, JobProgress
 from shared.settings import Settings, get_settings
 
-EMBED_TASK = "fusionq.embed_items"  # the name workers.embed registers; the client needs no worker code
-
 
 class FusionqClient:
     """A caller's handle on fusionq. Close it (or use ``with``) to stop an embedded worker."""
@@ -91,6 +89,8 @@ class FusionqClient:
             with session_for(self._url) as session:  # a concurrent submit with this key won
                 clf = find_classifier(session=session, ref=classifier)
                 job_id, batches = job_for_idempotency_key(session, idempotency_key, clf, texts).id, []
+        from workers.embed import EMBED_TASK
+
         for batch in batches:  # only after commit, so a worker always finds the rows
             app.send_task(EMBED_TASK, args=[str(job_id), batch])
         return job_id

@@ -67,3 +67,16 @@ def test_demo_accepts_a_folder_and_refuses_one_without_test_csv(home, topic_csvs
     (home / "only").mkdir()
     assert main(["-q", "demo", "--data", str(home / "only")]) == 2
     assert "needs train.csv and test.csv" in capsys.readouterr().err
+
+
+def test_multi_label_data_trains_and_evaluates_with_micro_f1(home, tiny_bert_path):
+    from tests.conftest import make_topic_texts
+
+    texts, labels = make_topic_texts(30, seed=4)
+    rows = [[t, f"{label}|news" if i % 2 else label] for i, (t, label) in enumerate(zip(texts, labels))]
+    data = write_csv(home / "multi.csv", ["text", "labels"], rows)
+    assert main(["-q", "train", "--data", str(data), "--name", "multi", "--encoder", tiny_bert_path]) == 0
+    assert main(["-q", "evaluate", "--classifier", "multi", "--data", str(data), "--out-dir", "mev"]) == 0
+    report = json.loads((home / "mev" / "metrics.json").read_text())
+    assert report["multi_label"] and 0 <= report["micro_f1"] <= 1 and "confusion" not in report
+    assert set(report["per_class"]) == {"business", "news", "science", "sports"}
