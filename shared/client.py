@@ -29,8 +29,22 @@ from shared.db.jobs import (
 from shared.db.models import Classifier
 from shared.db.registry import find_classifier
 from shared.errors import InputError, JobTimeout
-from shared.schemas import MODES, ItemResult, JobProgress
+from shared.llm.prompts import LabelSet
+from shared.llm.sources import source_spec
+from shared.schemas import CLASSIFIER_MODES, ItemResult, JobProgress
 from shared.settings import Settings, get_settings
+
+
+def first_task(mode: str, source: str | None) -> str:
+    """The task that starts a job of ``mode``: embedding, or the LLM source's scoring task."""
+    if mode == "llm":
+        from workers.llm_api import LLM_API_TASK
+        from workers.llm_local import LLM_LOCAL_TASK
+
+        return {"local": LLM_LOCAL_TASK, "api": LLM_API_TASK}[source]
+    from workers.embed import EMBED_TASK
+
+    return EMBED_TASK
 
 
 class FusionqClient:
@@ -73,37 +87,50 @@ class FusionqClient:
 
         Re-submitting with the same ``idempotency_key`` returns the first job and enqueues nothing.
         """
+        if mode not in CLASSIFIER_MODES:
+            raise InputError(f"mode {mode!r} is not available; choose one of: {', '.join(CLASSIFIER_MODES)} "
+                             "(or submit_llm for the LLM alone)")
+        return self._submit(texts, classifier_ref=classifier, mode=mode, key=idempotency_key)
+
+    def submit_llm(self, texts: Sequence[str], labels: LabelSet, *, multi_label: bool = False, source: str = "local",
+                   idempotency_key: str | None = None) -> uuid.UUID:
+        """A job answered by one LLM source alone (``local`` or ``api``): its scores become the predictions."""
+        source_spec(self.settings, source)  # refuse an unconfigured source before anything is stored
+        job_labels = {"names": list(labels.names), "descriptions": list(labels.descriptions)}
+        return self._submit(texts, classifier_ref=None, mode="llm", key=idempotency_key, labels=job_labels,
+                            multi_label=multi_label, source=source)
+
+    def _submit(self, texts, *, classifier_ref: str | None, mode: str, key: str | None, **llm) -> uuid.UUID:
         if isinstance(texts, (str, bytes)):
             raise InputError("texts must be a list of strings, not a single string: wrap it as [text]")
         texts = list(texts)
         if not texts:
             raise InputError("no texts to classify: submit at least one")
-        if mode not in MODES:
-            raise InputError(f"mode {mode!r} is not available; choose one of: {', '.join(MODES)}")
         app = self.app  # start the embedded worker before the job exists
         try:
-            job_id, batches = self._store_job(texts, classifier, mode, idempotency_key)
+            job_id, batches = self._store_job(texts, classifier_ref, mode, key, llm)
         except IntegrityError:
-            if not idempotency_key:
+            if not key:
                 raise
             with session_for(self._url) as session:  # a concurrent submit with this key won
-                clf = find_classifier(session=session, ref=classifier)
-                job_id, batches = job_for_idempotency_key(session, idempotency_key, clf, texts).id, []
-        from workers.embed import EMBED_TASK
-
+                clf = find_classifier(session=session, ref=classifier_ref) if classifier_ref else None
+                job_id, batches = job_for_idempotency_key(session, key, clf, texts).id, []
+        task = first_task(mode, llm.get("source"))
         for batch in batches:  # only after commit, so a worker always finds the rows
-            app.send_task(EMBED_TASK, args=[str(job_id), batch])
+            app.send_task(task, args=[str(job_id), batch])
         return job_id
 
-    def _store_job(self, texts, classifier: str, mode: str, key: str | None) -> tuple[uuid.UUID, list[list[int]]]:
+    def _store_job(self, texts, classifier_ref: str | None, mode: str, key: str | None,
+                   llm: dict) -> tuple[uuid.UUID, list[list[int]]]:
         with session_for(self._url) as session, session.begin():
-            clf: Classifier = find_classifier(session=session, ref=classifier)
+            clf = find_classifier(session=session, ref=classifier_ref) if classifier_ref else None
             job, created = create_job(session=session, classifier=clf, texts=texts, mode=mode, idempotency_key=key,
-                                      max_text_chars=self.settings.max_text_chars)
+                                      max_text_chars=self.settings.max_text_chars, labels=llm.get("labels"),
+                                      multi_label=llm.get("multi_label"), llm_source=llm.get("source"))
             if not created:
                 return job.id, []
-            batches = pending_item_batches(session=session, job_id=job.id,
-                                           items_per_batch=self.settings.embed_items_per_task)
+            per_task = self.settings.llm_batch_items if mode == "llm" else self.settings.embed_items_per_task
+            batches = pending_item_batches(session=session, job_id=job.id, items_per_batch=per_task)
             for batch in batches:
                 lease_items(session=session, item_ids=batch, lease_seconds=self.settings.item_lease_seconds)
             return job.id, batches
@@ -112,8 +139,9 @@ class FusionqClient:
         """Counts and status of a job, from the database."""
         with session_for(self._url) as session:
             job = get_job(session=session, job_id=job_id)
-            clf = session.get(Classifier, job.classifier_id)
-            return JobProgress(job_id=job.id, classifier=f"{clf.name}@{clf.version}", mode=job.mode, status=job.status,
+            clf = session.get(Classifier, job.classifier_id) if job.classifier_id else None
+            name = f"{clf.name}@{clf.version}" if clf else f"llm:{job.llm_source}"
+            return JobProgress(job_id=job.id, classifier=name, mode=job.mode, status=job.status,
                                n_items=job.n_items, n_done=job.n_done, n_failed=job.n_failed,
                                created_at=job.created_at, finished_at=job.finished_at)
 
@@ -138,7 +166,7 @@ class FusionqClient:
         """One result per submitted text, in submission order."""
         with session_for(self._url) as session:
             job = get_job(session=session, job_id=job_id)
-            labels = session.get(Classifier, job.classifier_id).labels
+            labels = session.get(Classifier, job.classifier_id).labels if job.classifier_id else job.labels["names"]
             results = []
             for item, prediction in job_result_rows(session=session, job_id=job.id):
                 results.append(ItemResult(

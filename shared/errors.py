@@ -13,6 +13,13 @@
   + IdempotencyConflict         an idempotency key reused for a different request
   + JobTimeout                  waiting for a job took longer than asked
   + RegistryConflict            two processes published the same classifier version at once
+  + ScorerError                 an LLM scorer could not produce scores
+     + LLMAnswerError           the LLM answered, but not in a form we can read (never a default class)
+     + ProviderError            the provider failed: HTTP error, timeout, refused connection
+     |  + RateLimited           429 after every retry (carries Retry-After when given)
+     |  + ProviderTimeout       no answer within the timeout
+     |  + LogprobsUnsupported   the provider rejects the logprobs parameter (fall back to votes)
+     + CircuitOpen              the provider failed repeatedly; calls are paused for a while
 """
 
 
@@ -66,3 +73,35 @@ class JobTimeout(FusionqError, TimeoutError):
 
 class RegistryConflict(FusionqError):
     """Raised when two processes publish the same classifier name and version at once."""
+
+
+class ScorerError(FusionqError):
+    """Raised when an LLM scorer cannot produce scores for a request."""
+
+
+class LLMAnswerError(ScorerError):
+    """Raised when an LLM answer cannot be read as class scores; the text gets no LLM signal."""
+
+
+class ProviderError(ScorerError):
+    """Raised when an LLM provider fails: HTTP error status, refused connection, bad response."""
+
+
+class RateLimited(ProviderError):
+    """Raised when a provider still answers 429 after every retry."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class ProviderTimeout(ProviderError):
+    """Raised when a provider does not answer within the configured timeout."""
+
+
+class LogprobsUnsupported(ProviderError):
+    """Raised when a provider rejects the logprobs parameter; callers fall back to JSON votes."""
+
+
+class CircuitOpen(ScorerError):
+    """Raised instead of calling a provider whose circuit breaker is open."""

@@ -15,7 +15,9 @@ import sqlalchemy as sa
 
 from shared.db.engine import session_for
 from shared.db.jobs import (
-    claim_for_embedding,
+    claim_pending,
+    mark_scored,
+    scored_items,
     load_fusion_inputs,
     mark_failed,
     refresh_job,
@@ -25,17 +27,24 @@ from shared.db.jobs import (
 from shared.db.models import Classifier, Job, utcnow
 from shared.encoders.hf import HFEncoder, get_encoder
 from shared.encoders.spec import EncoderSpec
-from shared.errors import ArtifactError, EncoderError, JobNotFound
+from shared.errors import ArtifactError, ConfigError, EncoderError, JobNotFound
 from shared.fusion.artifact import get_artifact
+from shared.fusion.predict import decide_from_probabilities
+from shared.llm import cache as llm_cache
+from shared.llm.prompts import LabelSet, cache_key
+from shared.llm.result import TextScore
+from shared.llm.scoring import score_with_cache
+from shared.llm.sources import get_scorer, source_spec
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 ENCODER_SIGNAL = "encoder"
 
 
-def _job_classifier(session, job_id: str) -> tuple[Job, Classifier]:
+def _job_classifier(session, job_id: str) -> tuple[Job, Classifier | None]:
     row = session.execute(
-        sa.select(Job, Classifier).join(Classifier, Classifier.id == Job.classifier_id).where(Job.id == uuid.UUID(job_id))
+        sa.select(Job, Classifier).outerjoin(Classifier, Classifier.id == Job.classifier_id)
+        .where(Job.id == uuid.UUID(job_id))
     ).first()
     if row is None:
         raise JobNotFound(f"no job {job_id}")
@@ -47,7 +56,7 @@ def embed_stage(settings: Settings, *, job_id: str, item_ids: list[int]) -> list
     url = settings.effective_database_url
     with session_for(url) as session, session.begin():
         _, classifier = _job_classifier(session, job_id)
-        claimed = claim_for_embedding(session=session, item_ids=item_ids, lease_seconds=settings.item_lease_seconds)
+        claimed = claim_pending(session=session, item_ids=item_ids, lease_seconds=settings.item_lease_seconds)
     if not claimed:
         return []
     spec = EncoderSpec.from_dict(classifier.encoder_spec)
@@ -82,10 +91,48 @@ def _encode_isolating_failures(encoder: HFEncoder, claimed, settings: Settings) 
     return vectors, errors
 
 
+def job_label_set(job: Job) -> tuple[LabelSet, bool]:
+    """The label set and single/multi-label flag of an LLM-only job."""
+    return LabelSet(names=tuple(job.labels["names"]), descriptions=tuple(job.labels.get("descriptions") or ())), bool(job.multi_label)
+
+
+def llm_stage(settings: Settings, *, job_id: str, item_ids: list[int], source: str) -> list[int]:
+    """Score the pending items of an LLM-only job with the ``source`` LLM, through the cache.
+
+    An item whose answer failed (after the scorer's own retries) is marked failed with the reason;
+    returns the ids that now have scores.
+    """
+    url = settings.effective_database_url
+    with session_for(url) as session, session.begin():
+        job, _ = _job_classifier(session, job_id)
+        claimed = claim_pending(session=session, item_ids=item_ids, lease_seconds=settings.item_lease_seconds)
+    if not claimed:
+        return []
+    labels, multi_label = job_label_set(job)
+    try:
+        scorer = get_scorer(source_spec(settings, source), settings, source=source)
+        scores = score_with_cache(database_url=url, scorer=scorer, labels=labels, multi_label=multi_label,
+                                  texts=[c.text for c in claimed], batch_size=len(claimed))
+    except (EncoderError, ConfigError) as exc:  # the LLM cannot be built here: no retry can help
+        scores = [TextScore.failed(str(exc))] * len(claimed)
+    ok = [c.id for c, s in zip(claimed, scores) if s.method != "failed"]
+    with session_for(url) as session, session.begin():
+        mark_scored(session=session, item_ids=ok)
+        failed = {c.id: s.error or "LLM answer failed" for c, s in zip(claimed, scores) if s.method == "failed"}
+        if failed:
+            mark_failed(session=session, errors=failed)
+            refresh_job(session=session, job_id=uuid.UUID(job_id))
+    return ok
+
+
 def fusion_stage(settings: Settings, *, job_id: str, item_ids: list[int]) -> int:
-    """Final predictions for the embedded items among ``item_ids``; returns how many were written."""
+    """Final predictions for the items among ``item_ids`` whose signals are in; returns how many were written."""
     with session_for(settings.effective_database_url) as session, session.begin():
-        _, classifier = _job_classifier(session, job_id)
+        job, classifier = _job_classifier(session, job_id)
+        if classifier is None:
+            written = _llm_predictions(settings, session, job, item_ids)
+            refresh_job(session=session, job_id=job.id)
+            return written
         spec = EncoderSpec.from_dict(classifier.encoder_spec)
         inputs = load_fusion_inputs(session=session, item_ids=item_ids, encoder_key=spec.key)
         written = 0
@@ -114,6 +161,35 @@ def fusion_stage(settings: Settings, *, job_id: str, item_ids: list[int]) -> int
                 written = len(rows)
         refresh_job(session=session, job_id=uuid.UUID(job_id))
     return written
+
+
+def _llm_predictions(settings: Settings, session, job: Job, item_ids: list[int]) -> int:
+    """Predictions of an LLM-only job: the LLM's own probabilities, read from the cache."""
+    labels, multi_label = job_label_set(job)
+    spec = source_spec(settings, job.llm_source)
+    items = scored_items(session=session, item_ids=item_ids)
+    keys = {item_id: cache_key(backend=spec.backend, model=spec.model, labels=labels, multi_label=multi_label,
+                               text_hash=th) for item_id, th, _ in items}
+    found = llm_cache.lookup(session=session, keys=list(keys.values()), count_hits=False)
+    missing = {item_id: "the LLM answer vanished from the cache; resubmit" for item_id, k in keys.items() if k not in found}
+    present = [(item_id, created) for item_id, _, created in items if item_id not in missing]
+    if missing:
+        mark_failed(session=session, errors=missing)
+    if not present:
+        return 0
+    probs = np.array([found[keys[item_id]].scores for item_id, _ in present], dtype=np.float64)
+    decision = decide_from_probabilities(probs, multi_label=multi_label)
+    now = utcnow()
+    store_predictions(session=session, rows=[{
+        "item_id": item_id,
+        "labels": [labels.names[c] for c in np.flatnonzero(decision.label_matrix[row])],
+        "probabilities": [round(float(p), 6) for p in decision.probabilities[row]],
+        "confidence": float(decision.confidence[row]),
+        "signals": [f"llm:{job.llm_source}:{found[keys[item_id]].method}"],
+        "latency_ms": _elapsed_ms(created, now),
+        "created_at": now,
+    } for row, (item_id, created) in enumerate(present)])
+    return len(present)
 
 
 def _elapsed_ms(start: dt.datetime, end: dt.datetime) -> float:

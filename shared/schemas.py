@@ -7,7 +7,7 @@ import uuid
 
 from pydantic import BaseModel
 
-MODES = ("fast",)  # "auto", "full" and "llm" arrive with the LLM path
+CLASSIFIER_MODES = ("fast",)  # "auto" and "full" arrive with escalation; "llm" jobs use submit_llm
 
 
 class JobProgress(BaseModel):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import ConfigError
@@ -33,6 +33,18 @@ class Settings(BaseSettings):
     embed_max_batch: int = Field(default=32, ge=1, description="Most texts in one encoder forward pass.")
     max_text_chars: int = Field(default=1_000_000, ge=1, description="Texts longer than this are marked failed at submit.")
     torch_threads: int | None = Field(default=None, ge=1, description="CPU threads torch may use in a worker (1 suits the fusion worker beside an encoder). Unset: torch's default.")
+    llm_local: str | None = Field(default=None, description="LLM served on the llm_local queue: hf:MODEL or openai:MODEL@http://vllm:8000/v1.")
+    llm_local_api_key: SecretStr | None = Field(default=None, description="Key for the local OpenAI-compatible server, if it wants one.")
+    llm_api: str | None = Field(default=None, description="LLM served on the llm_api queue: openai:MODEL@https://api.openai.com/v1 (or DeepSeek, Gemini, OpenRouter).")
+    llm_api_key: SecretStr | None = Field(default=None, description="API key of the external provider; never logged.")
+    llm_price_in_per_mtok: float = Field(default=0.0, ge=0, description="USD per million input tokens of the external API.")
+    llm_price_out_per_mtok: float = Field(default=0.0, ge=0, description="USD per million output tokens of the external API.")
+    llm_rate_per_second: float | None = Field(default=None, gt=0, description="Calls per second to the external API, shared by all workers (Redis).")
+    llm_timeout: float = Field(default=30.0, gt=0, description="Seconds to wait for one LLM call.")
+    llm_max_retries: int = Field(default=4, ge=0, description="Retries of a 429/5xx/timeout, with backoff honouring Retry-After.")
+    llm_breaker_failures: int = Field(default=5, ge=1, description="Consecutive failures that open the circuit breaker.")
+    llm_breaker_cooldown: float = Field(default=30.0, gt=0, description="Seconds the breaker stays open.")
+    llm_batch_items: int = Field(default=32, ge=1, description="Items per LLM scoring task.")
     task_time_limit: int = Field(default=600, ge=10, description="Hard time limit of one task, seconds.")
     visibility_timeout: int = Field(default=3600, ge=60, description="Redis visibility timeout, seconds; must exceed the task time limit.")
     item_lease_seconds: int = Field(default=900, ge=10, description="How long an enqueued item may wait before the sweeper may re-enqueue it.")
@@ -47,6 +59,8 @@ class Settings(BaseSettings):
                 f"FUSIONQ_TASK_TIME_LIMIT={self.task_time_limit}s must be at most half of "
                 f"FUSIONQ_VISIBILITY_TIMEOUT={self.visibility_timeout}s, or Redis redelivers tasks that are still running."
             )
+        if self.llm_api and self.llm_api.startswith("openai:") and "api.openai.com" in self.llm_api and not self.llm_api_key:
+            raise ConfigError("FUSIONQ_LLM_API points at api.openai.com but FUSIONQ_LLM_API_KEY is not set")
         return self
 
     @property

@@ -214,3 +214,21 @@ def train_topics(settings: Settings, encoder_model: str, *, name: str = "topics"
     data = LabelledData(texts=texts, labels=[[label] for label in labels], multi_label=False, source="synthetic")
     return train_classifier(settings=settings, name=name, data=data, encoder=EncoderSpec(model=encoder_model),
                             config=TrainingConfig(max_epochs=40), show_progress=False)
+
+
+@pytest.fixture(scope="session", params=["llama", "qwen2"])
+def tiny_causal_lm_path(request, tmp_path_factory) -> str:
+    """A randomly initialised LLaMA- or Qwen2-architecture causal LM with a BPE tokenizer and chat template."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    path = tmp_path_factory.mktemp(f"tiny-causal-{request.param}")
+    tokenizer = _train_bpe_tokenizer(path)
+    common = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(1)
+    model = (LlamaForCausalLM(LlamaConfig(**common)) if request.param == "llama"
+             else Qwen2ForCausalLM(Qwen2Config(**common)))
+    model.save_pretrained(path)
+    return str(path)

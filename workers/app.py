@@ -12,7 +12,7 @@ from kombu import Queue
 from shared.db.engine import dispose_engines
 from shared.settings import Settings, get_settings
 
-from workers import embed, fusion
+from workers import embed, fusion, llm_api, llm_local
 
 QUEUES = ("embed", "llm_local", "llm_api", "fusion", "maintenance")
 EMBED_TASK, FUSE_TASK = embed.EMBED_TASK, fusion.FUSE_TASK
@@ -55,6 +55,8 @@ def create_app(settings: Settings) -> Celery:
     )
     embed.register(app, settings=settings, next_task=FUSE_TASK)
     fusion.register(app, settings=settings)
+    llm_local.register(app, settings=settings, next_task=FUSE_TASK)
+    llm_api.register(app, settings=settings, next_task=FUSE_TASK)
     return app
 
 

@@ -22,6 +22,12 @@ def insert_ignoring_conflicts(session: Session, model: type, rows: Sequence[dict
     """Bulk INSERT ... ON CONFLICT (keys) DO NOTHING: a second run of the same write is a no-op."""
     if not rows:
         return
+    insert = dialect_insert(session)
+    session.execute(insert(model).on_conflict_do_nothing(index_elements=list(keys)), list(rows))
+
+
+def dialect_insert(session: Session):
+    """The INSERT construct of the session's dialect, which knows ON CONFLICT (Postgres, SQLite)."""
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
@@ -29,17 +35,20 @@ def insert_ignoring_conflicts(session: Session, model: type, rows: Sequence[dict
         from sqlalchemy.dialects.sqlite import insert
     else:  # pragma: no cover - only Postgres and SQLite are supported
         raise NotImplementedError(f"no idempotent insert for the {dialect} dialect")
-    session.execute(insert(model).on_conflict_do_nothing(index_elements=list(keys)), list(rows))
+    return insert
 
 
 def create_job(
     *,
     session: Session,
-    classifier: Classifier,
+    classifier: Classifier | None,
     texts: Sequence[str],
     mode: str,
     idempotency_key: str | None,
     max_text_chars: int,
+    labels: dict | None = None,
+    multi_label: bool | None = None,
+    llm_source: str | None = None,
 ) -> tuple[Job, bool]:
     """Insert a job and all its items in the caller's transaction; (job, created).
 
@@ -51,7 +60,8 @@ def create_job(
         if existing is not None:
             return existing, False
     now = utcnow()
-    job = Job(id=uuid.uuid4(), classifier_id=classifier.id, mode=mode, status="queued",
+    job = Job(id=uuid.uuid4(), classifier_id=classifier.id if classifier else None, mode=mode, status="queued",
+              labels=labels, multi_label=multi_label, llm_source=llm_source,
               idempotency_key=idempotency_key, n_items=len(texts), n_done=0, n_failed=0,
               created_at=now, updated_at=now)
     rows = []
@@ -72,12 +82,14 @@ def create_job(
     return job, True
 
 
-def job_for_idempotency_key(session: Session, key: str, classifier: Classifier, texts: Sequence[str]) -> Job | None:
+def job_for_idempotency_key(session: Session, key: str, classifier: Classifier | None,
+                            texts: Sequence[str]) -> Job | None:
     job = session.scalars(sa.select(Job).where(Job.idempotency_key == key)).first()
-    if job is not None and (job.classifier_id != classifier.id or job.n_items != len(texts)):
+    classifier_id = classifier.id if classifier else None
+    if job is not None and (job.classifier_id != classifier_id or job.n_items != len(texts)):
         raise IdempotencyConflict(
             f"idempotency key {key!r} already names job {job.id} ({job.n_items} texts, classifier id "
-            f"{job.classifier_id}); this request has {len(texts)} texts for classifier id {classifier.id}. Use a new key."
+            f"{job.classifier_id}); this request has {len(texts)} texts for classifier id {classifier_id}. Use a new key."
         )
     return job
 
@@ -105,7 +117,7 @@ class ClaimedItem:
     text: str
 
 
-def claim_for_embedding(*, session: Session, item_ids: Sequence[int], lease_seconds: int) -> list[ClaimedItem]:
+def claim_pending(*, session: Session, item_ids: Sequence[int], lease_seconds: int) -> list[ClaimedItem]:
     """The still-pending items among ``item_ids``, with an attempt counted; others are already done."""
     rows = session.execute(
         sa.select(Item.id, Item.text).where(Item.id.in_(item_ids), Item.status == "pending")
@@ -114,6 +126,19 @@ def claim_for_embedding(*, session: Session, item_ids: Sequence[int], lease_seco
         session.execute(sa.update(Item).where(Item.id.in_([r.id for r in rows])).values(
             attempts=Item.attempts + 1, lease_until=utcnow() + dt.timedelta(seconds=lease_seconds), updated_at=utcnow()))
     return [ClaimedItem(id=r.id, text=r.text) for r in rows]
+
+
+def mark_scored(*, session: Session, item_ids: Sequence[int]) -> None:
+    """Move pending items of an LLM-only job to ``scored``: their answer is in the cache."""
+    session.execute(sa.update(Item).where(Item.id.in_(list(item_ids)), Item.status == "pending")
+                    .values(status="scored", updated_at=utcnow()))
+
+
+def scored_items(*, session: Session, item_ids: Sequence[int]) -> list[tuple[int, str, dt.datetime]]:
+    """(id, text hash, job created) of the scored items among ``item_ids``."""
+    return [tuple(r) for r in session.execute(
+        sa.select(Item.id, Item.text_hash, Job.created_at).join(Job, Job.id == Item.job_id)
+        .where(Item.id.in_(list(item_ids)), Item.status == "scored").order_by(Item.id)).all()]
 
 
 def store_features(*, session: Session, encoder_key: str, vectors: dict[int, bytes], dim: int) -> None:
@@ -131,7 +156,7 @@ def mark_failed(*, session: Session, errors: dict[int, str]) -> None:
     """Record a final failure for items that are not already finished."""
     now = utcnow()
     for item_id, error in errors.items():
-        session.execute(sa.update(Item).where(Item.id == item_id, Item.status.in_(("pending", "embedded")))
+        session.execute(sa.update(Item).where(Item.id == item_id, Item.status.in_(("pending", "embedded", "scored")))
                         .values(status="failed", error=error[:4000], updated_at=now))
 
 
@@ -158,7 +183,7 @@ def load_fusion_inputs(*, session: Session, item_ids: Sequence[int], encoder_key
 def store_predictions(*, session: Session, rows: Sequence[dict]) -> None:
     """Upsert final predictions (one per item, unique) and mark their items done."""
     insert_ignoring_conflicts(session, Prediction, rows, keys=("item_id",))
-    session.execute(sa.update(Item).where(Item.id.in_([r["item_id"] for r in rows]), Item.status == "embedded")
+    session.execute(sa.update(Item).where(Item.id.in_([r["item_id"] for r in rows]), Item.status.in_(("embedded", "scored")))
                     .values(status="done", updated_at=utcnow()))
 
 

@@ -52,8 +52,12 @@ class Job(Base):
     __tablename__ = "jobs"
 
     id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True, default=uuid.uuid4)
-    classifier_id: Mapped[int] = mapped_column(sa.ForeignKey("classifiers.id"))
+    classifier_id: Mapped[int | None] = mapped_column(sa.ForeignKey("classifiers.id"))
     mode: Mapped[str] = mapped_column(sa.String(16))
+    # LLM-only jobs (mode "llm") carry their label set and the LLM source instead of a classifier.
+    labels: Mapped[dict | None] = mapped_column(sa.JSON)
+    multi_label: Mapped[bool | None] = mapped_column(sa.Boolean)
+    llm_source: Mapped[str | None] = mapped_column(sa.String(16))
     status: Mapped[str] = mapped_column(sa.String(16), default="queued")
     idempotency_key: Mapped[str | None] = mapped_column(sa.String(200), unique=True)
     n_items: Mapped[int] = mapped_column(sa.Integer)
@@ -116,6 +120,7 @@ class LlmScore(Base):
     """Cached per-class scores of one LLM question; filled by the LLM workers."""
 
     __tablename__ = "llm_scores"
+    __table_args__ = (sa.Index("ix_llm_scores_provider_model", "provider", "model"),)
 
     id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
     cache_key: Mapped[str] = mapped_column(sa.String(64), unique=True)
@@ -131,4 +136,5 @@ class LlmScore(Base):
     cost_usd: Mapped[float] = mapped_column(sa.Float, default=0.0)
     latency_ms: Mapped[float] = mapped_column(sa.Float, default=0.0)
     error: Mapped[str | None] = mapped_column(sa.Text)
+    hits: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
     created_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)

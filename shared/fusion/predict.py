@@ -36,3 +36,10 @@ def decide(logits: np.ndarray, *, multi_label: bool, threshold: float = 0.5) -> 
         chosen[np.arange(len(probs)), probs.argmax(1)] = True
         confidence = probs.max(1) if probs.size else np.zeros(0)
     return Decision(probabilities=probs, label_matrix=chosen, confidence=confidence)
+
+
+def decide_from_probabilities(probabilities: np.ndarray, *, multi_label: bool, threshold: float = 0.5) -> Decision:
+    """Probabilities that are already calibrated (e.g. an LLM's) -> decision, same rules as :func:`decide`."""
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-12, 1 - 1e-12)
+    logits = np.log(p / (1 - p)) if multi_label else np.log(p)
+    return decide(logits, multi_label=multi_label, threshold=threshold)

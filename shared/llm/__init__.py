@@ -1,0 +1,1 @@
+"""LLM scorers: per-class probabilities (not votes) from local or external LLMs, plain code."""

@@ -1,0 +1,83 @@
+"""LLM source specs (``hf:MODEL`` or ``openai:MODEL@BASE_URL``) and building scorers from them."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from shared.errors import ConfigError
+from shared.settings import Settings
+
+
+@dataclass(frozen=True)
+class LLMSpec:
+    """Which backend and model answer the questions, and where."""
+
+    backend: str
+    model: str
+    base_url: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend}:{self.model}" + (f"@{self.base_url}" if self.base_url else "")
+
+
+def parse_llm_spec(text: str) -> LLMSpec:
+    """``hf:Qwen/Qwen2.5-0.5B-Instruct`` or ``openai:gpt-4o-mini@https://api.openai.com/v1``."""
+    backend, sep, rest = text.strip().partition(":")
+    if not sep or not rest:
+        raise ConfigError(f"LLM spec {text!r}: expected hf:MODEL or openai:MODEL@BASE_URL")
+    if backend == "hf":
+        return LLMSpec("hf", rest)
+    if backend == "openai":
+        model, at, base_url = rest.partition("@")
+        if not at or not base_url.startswith(("http://", "https://")) or not model:
+            raise ConfigError(f"LLM spec {text!r}: expected openai:MODEL@http(s)://host/v1")
+        return LLMSpec("openai", model, base_url)
+    raise ConfigError(f"LLM spec {text!r}: unknown backend {backend!r}; use hf or openai")
+
+
+def source_spec(settings: Settings, source: str) -> LLMSpec:
+    """The spec configured for a worker source, ``local`` (FUSIONQ_LLM_LOCAL) or ``api`` (FUSIONQ_LLM_API)."""
+    value = {"local": settings.llm_local, "api": settings.llm_api}.get(source)
+    if source not in ("local", "api"):
+        raise ConfigError(f"unknown LLM source {source!r}: use local or api")
+    if not value:
+        raise ConfigError(f"no LLM configured for source {source!r}: set FUSIONQ_LLM_{source.upper()}")
+    return parse_llm_spec(value)
+
+
+def build_scorer(spec: LLMSpec, settings: Settings, *, source: str = "api"):
+    """A scorer for ``spec``; rate limit and breaker state live in Redis when a Redis broker is set."""
+    if spec.backend == "hf":
+        from shared.llm.hf import HFScorer
+
+        return HFScorer(spec.model, device=settings.device)
+    from shared.llm.limits import CircuitBreaker, MemoryKV, RateLimiter, RedisKV
+    from shared.llm.openai_compat import OpenAICompatScorer, Pricing
+
+    broker = settings.broker_url or ""
+    kv = RedisKV(broker) if broker.startswith(("redis://", "rediss://")) else MemoryKV()
+    key = settings.llm_api_key if source == "api" else settings.llm_local_api_key
+    name = f"{spec.model}@{spec.base_url}"
+    return OpenAICompatScorer(
+        base_url=spec.base_url, model=spec.model, api_key=key.get_secret_value() if key else None,
+        pricing=Pricing(input_per_mtok=settings.llm_price_in_per_mtok if source == "api" else 0.0,
+                        output_per_mtok=settings.llm_price_out_per_mtok if source == "api" else 0.0),
+        timeout=settings.llm_timeout, max_retries=settings.llm_max_retries, provider=name,
+        limiter=RateLimiter(kv, name, settings.llm_rate_per_second if source == "api" else None),
+        breaker=CircuitBreaker(kv, name, failures=settings.llm_breaker_failures, cooldown=settings.llm_breaker_cooldown),
+    )
+
+
+_SCORERS: dict[tuple[str, str], object] = {}
+_LOCK = threading.Lock()
+
+
+def get_scorer(spec: LLMSpec, settings: Settings, *, source: str):
+    """This process's scorer for ``spec`` (a local model loads once per process)."""
+    with _LOCK:
+        key = (spec.name, source)
+        if key not in _SCORERS:
+            _SCORERS[key] = build_scorer(spec, settings, source=source)
+        return _SCORERS[key]

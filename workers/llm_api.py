@@ -1,0 +1,15 @@
+"""Queue ``llm_api``: per-class scores from an external API, under a rate limit shared through Redis.
+
+``celery -A workers.app worker -Q llm_api -P threads -c 8``; the shared limiter, not the
+concurrency, decides the call rate (FUSIONQ_LLM_RATE_PER_SECOND).
+"""
+
+from celery import Celery
+
+from workers.llm_common import register_llm_task
+
+LLM_API_TASK = "fusionq.llm_api.score_items"
+
+
+def register(app: Celery, *, settings, next_task: str) -> None:
+    register_llm_task(app, settings=settings, source="api", task_name=LLM_API_TASK, next_task=next_task)

@@ -1,0 +1,15 @@
+"""Queue ``llm_local``: per-class scores from the local LLM (a vLLM server, or the in-process hf backend).
+
+Against vLLM run it with many threads so vLLM's continuous batching stays fed:
+``celery -A workers.app worker -Q llm_local -P threads -c 16``; with ``hf:`` use ``-P solo -c 1``.
+"""
+
+from celery import Celery
+
+from workers.llm_common import register_llm_task
+
+LLM_LOCAL_TASK = "fusionq.llm_local.score_items"
+
+
+def register(app: Celery, *, settings, next_task: str) -> None:
+    register_llm_task(app, settings=settings, source="local", task_name=LLM_LOCAL_TASK, next_task=next_task)
