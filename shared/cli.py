@@ -73,19 +73,68 @@ def cmd_classify(args, settings) -> int:
 
 def cmd_evaluate(args, settings) -> int:
     from shared.client import FusionqClient
-    from shared.evaluation import evaluate_classifier
+    from shared.evaluation import evaluate_classifier, evaluate_llm
     from shared.textio import read_labelled
 
     data = read_labelled(args.data)
-    out_dir = Path(args.out_dir or f"fusionq-eval-{args.classifier.replace('@', '-v')}")
-    with FusionqClient(settings) as client:
-        report = evaluate_classifier(client, classifier=args.classifier, data=data, out_dir=out_dir,
-                                     show_progress=not args.quiet)
+    if args.llm:
+        out_dir = Path(args.out_dir or "fusionq-eval-llm")
+        report = evaluate_llm(settings, llm=args.llm, data=data, out_dir=out_dir, show_progress=not args.quiet)
+        print(f"LLM calls: {report['llm_methods']}, cost ${report['llm_cost_usd']:.4f}")
+    else:
+        out_dir = Path(args.out_dir or f"fusionq-eval-{args.classifier.replace('@', '-v')}")
+        with FusionqClient(settings) as client:
+            report = evaluate_classifier(client, classifier=args.classifier, data=data, out_dir=out_dir,
+                                         show_progress=not args.quiet)
     print(f"{report['classifier']}: accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}, "
           f"ECE {report['ece']:.4f}")
     for row in report["coverage_accuracy"]:
         print(f"  most confident {row['coverage']:.0%}: accuracy {row['accuracy']:.4f}")
     print(f"report: {out_dir / 'report.md'}, {out_dir / 'metrics.json'}")
+    return 0
+
+
+def cmd_score(args, settings) -> int:
+    from shared.llm.run import parse_labels, score_texts
+    from shared.textio import read_texts
+
+    labels = parse_labels(args.labels)
+    texts = read_texts(args.input, column=args.text_column)
+    scores = score_texts(settings, llm=args.llm, labels=labels, multi_label=args.multi_label, texts=texts,
+                         show_progress=not args.quiet, timeout=args.timeout)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["position", "method", *[f"p_{n}" for n in labels.names], "tokens_in", "tokens_out",
+                         "cost_usd", "latency_ms", "error"])
+        for i, s in enumerate(scores):
+            probs = [f"{p:.6f}" for p in s.probabilities] if s.probabilities is not None else [""] * len(labels.names)
+            writer.writerow([i, s.method, *probs, s.tokens_in, s.tokens_out, f"{s.cost_usd:.8f}",
+                             f"{s.latency_ms:.1f}", s.error or ""])
+    counts = {m: sum(s.method == m for s in scores) for m in ("logprobs", "vote", "failed")}
+    print(f"wrote {len(scores)} scores to {out}: {counts}, cost ${sum(s.cost_usd for s in scores):.4f}")
+    return 0
+
+
+def cmd_llm_stats(args, settings) -> int:
+    from shared.db.engine import ensure_schema, session_for
+    from shared.llm.cache import stats
+
+    url = settings.effective_database_url
+    ensure_schema(url, auto_upgrade=url.startswith("sqlite"))
+    with session_for(url) as session:
+        rows = stats(session=session)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no LLM calls recorded yet")
+    for r in rows:
+        print(f"{r['provider']} / {r['model']}: {r['calls']} calls ({r['failed']} failed, {r['votes']} votes), "
+              f"cache hit rate {r['cache_hit_rate']:.1%} ({r['cache_hits']} hits), tokens {r['tokens_in']} in / "
+              f"{r['tokens_out']} out, cost ${r['cost_usd']:.4f}, latency ms p50 {r['latency_ms_p50']} "
+              f"p90 {r['latency_ms_p90']} p99 {r['latency_ms_p99']}")
     return 0
 
 
@@ -152,10 +201,30 @@ def build_parser() -> argparse.ArgumentParser:
     classify.set_defaults(func=cmd_classify)
 
     evaluate = sub.add_parser("evaluate", help="accuracy, F1, calibration and coverage on a labelled CSV")
-    evaluate.add_argument("--classifier", required=True, help="NAME or NAME@VERSION")
+    target = evaluate.add_mutually_exclusive_group(required=True)
+    target.add_argument("--classifier", help="NAME or NAME@VERSION")
+    target.add_argument("--llm", help="evaluate an LLM alone: local, api, hf:MODEL or openai:MODEL@URL")
     evaluate.add_argument("--data", required=True, help="labelled CSV (text,label or text,labels)")
     evaluate.add_argument("--out-dir", help="where metrics.json and report.md go (default fusionq-eval-NAME)")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    score = sub.add_parser("score", help="per-class LLM scores for a CSV of texts")
+    score.add_argument("--llm", required=True,
+                       help="local / api (the configured sources; through the queue when a broker is set), "
+                            "or hf:MODEL / openai:MODEL@URL (in this process)")
+    score.add_argument("--labels", required=True, help="comma-separated classes, optionally name=description")
+    score.add_argument("--multi-label", action="store_true", help="one yes/no question per class")
+    score.add_argument("--in", dest="input", required=True, help="CSV with a text column")
+    score.add_argument("--out", required=True, help="scores CSV to write")
+    score.add_argument("--text-column", default="text")
+    score.add_argument("--timeout", type=float, help="seconds to wait for a queued job")
+    score.set_defaults(func=cmd_score)
+
+    llm = sub.add_parser("llm", help="LLM usage")
+    llm_sub = llm.add_subparsers(dest="llm_command", required=True)
+    llm_stats = llm_sub.add_parser("stats", help="calls, cache hit rate, tokens, cost and latency per provider/model")
+    llm_stats.add_argument("--json", action="store_true")
+    llm_stats.set_defaults(func=cmd_llm_stats)
 
     demo = sub.add_parser("demo", help="train + classify + evaluate on the shipped sample or a folder")
     demo.add_argument("--data", help="folder with train.csv and test.csv (default: the shipped sample)")

@@ -23,12 +23,18 @@ def classify_with_progress(client: FusionqClient, texts: list[str], classifier: 
                            timeout: float | None = None) -> list[ItemResult]:
     """Submit, show a progress bar until the job completes, return results in order."""
     job_id = client.submit(texts, classifier, mode)
-    with progress_bar(total=len(texts), desc=desc, unit="text", enabled=show_progress) as bar:
+    wait_with_progress(client, job_id, total=len(texts), desc=desc, show_progress=show_progress, timeout=timeout)
+    return client.results(job_id)
+
+
+def wait_with_progress(client: FusionqClient, job_id, *, total: int, desc: str, show_progress: bool,
+                       timeout: float | None) -> JobProgress:
+    """Wait for a job with a progress bar of its finished items."""
+    with progress_bar(total=total, desc=desc, unit="text", enabled=show_progress) as bar:
         def update(progress: JobProgress) -> None:
             if progress.n_terminal > bar.n:
                 bar.update(progress.n_terminal - bar.n)
-        client.wait(job_id, timeout=timeout, on_progress=update)
-    return client.results(job_id)
+        return client.wait(job_id, timeout=timeout, on_progress=update)
 
 
 def evaluate_classifier(client: FusionqClient, *, classifier: str, data: LabelledData, out_dir: Path,
@@ -40,24 +46,62 @@ def evaluate_classifier(client: FusionqClient, *, classifier: str, data: Labelle
     check_known_labels(data, labels)
     started = time.perf_counter()
     results = classify_with_progress(client, data.texts, ref, desc=f"evaluate {ref}", show_progress=show_progress)
-    seconds = time.perf_counter() - started
-    ok = [i for i, r in enumerate(results) if r.status == "done"]
-    index = {name: c for c, name in enumerate(labels)}
+    predicted = [r.labels if r.status == "done" else None for r in results]
+    confidence = [r.confidence for r in results]
+    return write_report(name=ref, data=data, labels=labels, multi_label=multi_label, predicted=predicted,
+                        confidence=confidence, seconds=time.perf_counter() - started, out_dir=out_dir)
+
+
+def write_report(*, name: str, data: LabelledData, labels: list[str], multi_label: bool,
+                 predicted: list[list[str] | None], confidence: list[float | None], seconds: float,
+                 out_dir: Path, extra: dict | None = None) -> dict:
+    """Metrics of ``predicted`` (None = failed item) against ``data``; writes metrics.json and report.md."""
+    ok = [i for i, p in enumerate(predicted) if p is not None]
+    index = {label: c for c, label in enumerate(labels)}
     true = np.zeros((len(ok), len(labels)), dtype=bool)
     pred = np.zeros_like(true)
     for row_i, i in enumerate(ok):
         true[row_i, [index[n] for n in data.labels[i]]] = True
-        pred[row_i, [index[n] for n in results[i].labels]] = True
-    confidence = np.array([results[i].confidence for i in ok], dtype=np.float64)
-    metrics = evaluate_predictions(true, pred, confidence, labels, multi_label=multi_label)
-    report = {"classifier": ref, "data": data.source, "labels": labels, "multi_label": multi_label,
-              "n_texts": len(results), "n_failed": len(results) - len(ok), "seconds": round(seconds, 2),
-              "texts_per_second": round(len(results) / seconds, 1) if seconds else None, **metrics}
+        pred[row_i, [index[n] for n in predicted[i]]] = True
+    metrics = evaluate_predictions(true, pred, np.array([confidence[i] for i in ok], dtype=np.float64), labels,
+                                   multi_label=multi_label)
+    report = {"classifier": name, "data": data.source, "labels": labels, "multi_label": multi_label,
+              "n_texts": len(predicted), "n_failed": len(predicted) - len(ok), "seconds": round(seconds, 2),
+              "texts_per_second": round(len(predicted) / seconds, 1) if seconds else None, **(extra or {}), **metrics}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(report, indent=2))
     (out_dir / "report.md").write_text(markdown_report(report))
     return report
+
+
+def evaluate_llm(settings, *, llm: str, data: LabelledData, out_dir: Path, show_progress: bool = True) -> dict:
+    """The LLM alone as a classifier (argmax of its scores, or >= 0.5 per class when multi-label)."""
+    from shared.fusion.predict import decide_from_probabilities
+    from shared.llm.prompts import LabelSet
+    from shared.llm.run import choose_llm, score_texts
+
+    labels = data.label_names()
+    started = time.perf_counter()
+    scores = score_texts(settings, llm=llm, labels=LabelSet(tuple(labels)), multi_label=data.multi_label,
+                         texts=data.texts, show_progress=show_progress)
+    predicted: list[list[str] | None] = []
+    confidence: list[float | None] = []
+    for score in scores:
+        if score.probabilities is None:
+            predicted.append(None)
+            confidence.append(None)
+            continue
+        decision = decide_from_probabilities(np.array([score.probabilities]), multi_label=data.multi_label)
+        predicted.append([labels[c] for c in np.flatnonzero(decision.label_matrix[0])])
+        confidence.append(float(decision.confidence[0]))
+    methods = {m: sum(s.method == m for s in scores) for m in ("logprobs", "vote", "failed")}
+    extra = {"llm": choose_llm(settings, llm).spec.name, "llm_methods": methods,
+             "llm_cost_usd": round(sum(s.cost_usd for s in scores), 6),
+             "llm_tokens_in": sum(s.tokens_in for s in scores), "llm_tokens_out": sum(s.tokens_out for s in scores)}
+    return write_report(name=f"llm {extra['llm']}", data=data, labels=labels, multi_label=data.multi_label,
+                        predicted=predicted, confidence=confidence, seconds=time.perf_counter() - started,
+                        out_dir=out_dir, extra=extra)
 
 
 def markdown_report(report: dict) -> str:

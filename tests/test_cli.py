@@ -80,3 +80,33 @@ def test_multi_label_data_trains_and_evaluates_with_micro_f1(home, tiny_bert_pat
     report = json.loads((home / "mev" / "metrics.json").read_text())
     assert report["multi_label"] and 0 <= report["micro_f1"] <= 1 and "confusion" not in report
     assert set(report["per_class"]) == {"business", "news", "science", "sports"}
+
+
+def test_score_and_llm_stats_and_llm_alone_evaluation(home, capsys):
+    from tests.support.fake_openai import FakeOpenAIServer
+
+    texts = write_csv(home / "t.csv", ["text"], [["sports final tonight"], [""], ["science of stars"]])
+    labelled = write_csv(home / "l.csv", ["text", "label"],
+                         [["sports final", "sports"], ["science news", "science"], ["business deal", "business"]])
+    with FakeOpenAIServer() as server:
+        spec = f"openai:fake-model@{server.base_url}"
+        args = ["-q", "score", "--llm", spec, "--labels", "sports=games,business,science", "--in", str(texts),
+                "--out", str(home / "s.csv")]
+        assert main(args) == 0
+        assert main(args) == 0  # second time: all from the cache
+        assert main(["-q", "evaluate", "--llm", spec, "--data", str(labelled), "--out-dir", "lev"]) == 0
+    rows = list(csv.DictReader((home / "s.csv").open()))
+    assert [r["method"] for r in rows] == ["logprobs", "failed", "logprobs"]
+    assert float(rows[0]["p_sports"]) > 0.5 and rows[1]["error"] == "empty or whitespace-only text"
+    report = json.loads((home / "lev" / "metrics.json").read_text())
+    assert report["accuracy"] == 1.0 and report["llm_methods"]["logprobs"] == 3
+    capsys.readouterr()
+    assert main(["llm", "stats", "--json"]) == 0
+    [stats] = json.loads(capsys.readouterr().out)
+    assert stats["model"] == "fake-model" and stats["calls"] == 5 and stats["cache_hits"] == 2
+
+
+def test_score_refuses_an_unconfigured_source(home, capsys):
+    texts = write_csv(home / "t.csv", ["text"], [["x"]])
+    assert main(["-q", "score", "--llm", "api", "--labels", "a,b", "--in", str(texts), "--out", "s.csv"]) == 2
+    assert "set FUSIONQ_LLM_API" in capsys.readouterr().err
