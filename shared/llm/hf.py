@@ -49,6 +49,7 @@ class HFScorer:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
         self.max_text_tokens = max_text_tokens
         self.batch_size = batch_size
+        self._prefix_caches: dict[tuple[int, ...], object] = {}  # prompt prefix -> its key/value cache
 
     # ---- prompt pieces -------------------------------------------------------------------
     def _render(self, messages: list[dict]) -> str:
@@ -108,7 +109,7 @@ class HFScorer:
         if any(len(ids) != 1 for ids in answer_ids) or len(set(first)) != len(first):
             return [[self._sequence_logprob(prefix + row, ids) for ids in answer_ids] for row in rows]
         out: list[list[float]] = []
-        cache = self._prefix_cache(prefix) if reuse_prefix else None
+        cache = self._prefix_cache(prefix) if reuse_prefix else None  # computed once per label set
         for start in range(0, len(rows), self.batch_size):
             batch = rows[start:start + self.batch_size]
             last = self._last_logprobs(prefix, batch, cache)
@@ -116,12 +117,19 @@ class HFScorer:
         return out
 
     def _prefix_cache(self, prefix: list[int]):
+        """The key/value cache of ``prefix``, kept across calls (a few label sets per process)."""
         import torch
 
         if not prefix:
             return None
-        with torch.inference_mode():
-            return self.model(input_ids=torch.tensor([prefix], device=self.device), use_cache=True).past_key_values
+        key = tuple(prefix)
+        if key not in self._prefix_caches:
+            if len(self._prefix_caches) >= 8:
+                self._prefix_caches.pop(next(iter(self._prefix_caches)))
+            with torch.inference_mode():
+                self._prefix_caches[key] = self.model(input_ids=torch.tensor([prefix], device=self.device),
+                                                      use_cache=True).past_key_values
+        return self._prefix_caches[key]
 
     def _last_logprobs(self, prefix: list[int], batch: list[list[int]], prefix_cache) -> np.ndarray:
         """Next-token log-probabilities after each row (rows right-padded; prefix cached or not)."""
