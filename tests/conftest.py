@@ -146,21 +146,33 @@ def _train_bpe_tokenizer(path: Path):
     return fast
 
 
+def _save_tiny_decoder(path: Path, arch: str, *, causal_lm: bool) -> str:
+    """A randomly initialised 2-layer LLaMA or Qwen2 (base model or causal LM) with its BPE tokenizer."""
+    import torch
+    import transformers
+
+    tokenizer = _train_bpe_tokenizer(path)
+    config_cls = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config}[arch]
+    model_cls = {("llama", False): transformers.LlamaModel, ("llama", True): transformers.LlamaForCausalLM,
+                 ("qwen2", False): transformers.Qwen2Model, ("qwen2", True): transformers.Qwen2ForCausalLM}[arch, causal_lm]
+    config = config_cls(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(1 if causal_lm else 0)
+    model_cls(config).save_pretrained(path)
+    return str(path)
+
+
 @pytest.fixture(scope="session", params=["llama", "qwen2"])
 def tiny_decoder_path(request, tmp_path_factory) -> str:
-    """A randomly initialised 2-layer LLaMA- or Qwen2-architecture decoder with its own BPE tokenizer."""
-    import torch
-    from transformers import LlamaConfig, LlamaModel, Qwen2Config, Qwen2Model
+    """A decoder LLM body (no LM head), for last-token pooling as an encoder."""
+    return _save_tiny_decoder(tmp_path_factory.mktemp(f"tiny-{request.param}"), request.param, causal_lm=False)
 
-    path = tmp_path_factory.mktemp(f"tiny-{request.param}")
-    tokenizer = _train_bpe_tokenizer(path)
-    common = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(0)
-    model = LlamaModel(LlamaConfig(**common)) if request.param == "llama" else Qwen2Model(Qwen2Config(**common))
-    model.save_pretrained(path)
-    return str(path)
+
+@pytest.fixture(scope="session", params=["llama", "qwen2"])
+def tiny_causal_lm_path(request, tmp_path_factory) -> str:
+    """A causal LM with a chat template, for the hf LLM scorer."""
+    return _save_tiny_decoder(tmp_path_factory.mktemp(f"tiny-causal-{request.param}"), request.param, causal_lm=True)
 
 
 TOPIC_WORDS = {
@@ -215,20 +227,3 @@ def train_topics(settings: Settings, encoder_model: str, *, name: str = "topics"
     return train_classifier(settings=settings, name=name, data=data, encoder=EncoderSpec(model=encoder_model),
                             config=TrainingConfig(max_epochs=40), show_progress=False)
 
-
-@pytest.fixture(scope="session", params=["llama", "qwen2"])
-def tiny_causal_lm_path(request, tmp_path_factory) -> str:
-    """A randomly initialised LLaMA- or Qwen2-architecture causal LM with a BPE tokenizer and chat template."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
-
-    path = tmp_path_factory.mktemp(f"tiny-causal-{request.param}")
-    tokenizer = _train_bpe_tokenizer(path)
-    common = dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(1)
-    model = (LlamaForCausalLM(LlamaConfig(**common)) if request.param == "llama"
-             else Qwen2ForCausalLM(Qwen2Config(**common)))
-    model.save_pretrained(path)
-    return str(path)
