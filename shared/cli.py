@@ -122,7 +122,7 @@ def cmd_llm_stats(args, settings) -> int:
     from shared.llm.cache import stats
 
     url = settings.effective_database_url
-    ensure_schema(url, auto_upgrade=url.startswith("sqlite"))
+    ensure_schema(url)
     with session_for(url) as session:
         rows = stats(session=session)
     if args.json:
@@ -153,7 +153,7 @@ def cmd_classifiers(args, settings) -> int:
     from shared.db.registry import list_classifiers
 
     url = settings.effective_database_url
-    ensure_schema(url, auto_upgrade=url.startswith("sqlite"))
+    ensure_schema(url)
     with session_for(url) as session:
         rows = list_classifiers(session=session)
         if not rows:

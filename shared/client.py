@@ -53,7 +53,7 @@ class FusionqClient:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or get_settings()
         self._url = self.settings.effective_database_url
-        ensure_schema(self._url, auto_upgrade=self._url.startswith("sqlite"))
+        ensure_schema(self._url)
         self._app = None
         self._worker = None
 

@@ -131,36 +131,42 @@ def fusion_stage(settings: Settings, *, job_id: str, item_ids: list[int]) -> int
         job, classifier = _job_classifier(session, job_id)
         if classifier is None:
             written = _llm_predictions(settings, session, job, item_ids)
-            refresh_job(session=session, job_id=job.id)
-            return written
-        spec = EncoderSpec.from_dict(classifier.encoder_spec)
-        inputs = load_fusion_inputs(session=session, item_ids=item_ids, encoder_key=spec.key)
-        written = 0
-        if inputs:
-            try:
-                artifact = get_artifact(classifier.artifact_uri, classifier.artifact_sha256)
-            except ArtifactError as exc:
-                mark_failed(session=session, errors={i.item_id: str(exc) for i in inputs})
-            else:
-                features = np.stack([np.frombuffer(i.vector, dtype=np.float32, count=i.dim) for i in inputs])
-                decision = artifact.decide(features)
-                now = utcnow()
-                rows = []
-                for row, item in enumerate(inputs):
-                    chosen = np.flatnonzero(decision.label_matrix[row])
-                    rows.append({
-                        "item_id": item.item_id,
-                        "labels": [artifact.labels[c] for c in chosen],
-                        "probabilities": [round(float(p), 6) for p in decision.probabilities[row]],
-                        "confidence": float(decision.confidence[row]),
-                        "signals": [ENCODER_SIGNAL],
-                        "latency_ms": _elapsed_ms(item.job_created_at, now),
-                        "created_at": now,
-                    })
-                store_predictions(session=session, rows=rows)
-                written = len(rows)
-        refresh_job(session=session, job_id=uuid.UUID(job_id))
+        else:
+            written = _classifier_predictions(session, classifier, item_ids)
+        refresh_job(session=session, job_id=job.id)
     return written
+
+
+def _classifier_predictions(session, classifier: Classifier, item_ids: list[int]) -> int:
+    """Predictions of the classifier's fusion network from the stored encoder features."""
+    spec = EncoderSpec.from_dict(classifier.encoder_spec)
+    inputs = load_fusion_inputs(session=session, item_ids=item_ids, encoder_key=spec.key)
+    if not inputs:
+        return 0
+    try:
+        artifact = get_artifact(classifier.artifact_uri, classifier.artifact_sha256)
+    except ArtifactError as exc:
+        mark_failed(session=session, errors={i.item_id: str(exc) for i in inputs})
+        return 0
+    features = np.stack([np.frombuffer(i.vector, dtype=np.float32, count=i.dim) for i in inputs])
+    rows = _prediction_rows(artifact.decide(features), artifact.labels,
+                            [(i.item_id, i.job_created_at) for i in inputs], [[ENCODER_SIGNAL]] * len(inputs))
+    store_predictions(session=session, rows=rows)
+    return len(rows)
+
+
+def _prediction_rows(decision, label_names, items: list[tuple[int, dt.datetime]], signals: list[list[str]]) -> list[dict]:
+    """Prediction rows for ``items`` (id, job created) from a batch decision, in the same order."""
+    now = utcnow()
+    return [{
+        "item_id": item_id,
+        "labels": [label_names[c] for c in np.flatnonzero(decision.label_matrix[row])],
+        "probabilities": [round(float(p), 6) for p in decision.probabilities[row]],
+        "confidence": float(decision.confidence[row]),
+        "signals": item_signals,
+        "latency_ms": _elapsed_ms(created, now),
+        "created_at": now,
+    } for row, ((item_id, created), item_signals) in enumerate(zip(items, signals))]
 
 
 def _llm_predictions(settings: Settings, session, job: Job, item_ids: list[int]) -> int:
@@ -179,16 +185,8 @@ def _llm_predictions(settings: Settings, session, job: Job, item_ids: list[int])
         return 0
     probs = np.array([found[keys[item_id]].scores for item_id, _ in present], dtype=np.float64)
     decision = decide_from_probabilities(probs, multi_label=multi_label)
-    now = utcnow()
-    store_predictions(session=session, rows=[{
-        "item_id": item_id,
-        "labels": [labels.names[c] for c in np.flatnonzero(decision.label_matrix[row])],
-        "probabilities": [round(float(p), 6) for p in decision.probabilities[row]],
-        "confidence": float(decision.confidence[row]),
-        "signals": [f"llm:{job.llm_source}:{found[keys[item_id]].method}"],
-        "latency_ms": _elapsed_ms(created, now),
-        "created_at": now,
-    } for row, (item_id, created) in enumerate(present)])
+    signals = [[f"llm:{job.llm_source}:{found[keys[item_id]].method}"] for item_id, _ in present]
+    store_predictions(session=session, rows=_prediction_rows(decision, labels.names, present, signals))
     return len(present)
 
 

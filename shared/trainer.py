@@ -85,7 +85,7 @@ def train_classifier(
         check_training_data(dev, max_chars=settings.max_text_chars)
         check_known_labels(dev, labels)
     url = settings.effective_database_url
-    ensure_schema(url, auto_upgrade=url.startswith("sqlite"))
+    ensure_schema(url)
 
     features = encode_texts(encoder, data.texts, settings=settings, desc="encode train", show_progress=show_progress)
     targets = encode_targets(data.labels, labels, multi_label=data.multi_label)

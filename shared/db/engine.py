@@ -97,8 +97,14 @@ def head_revision(url: str) -> str:
     return ScriptDirectory.from_config(alembic_config(url)).get_current_head()
 
 
-def ensure_schema(url: str, *, auto_upgrade: bool) -> None:
-    """Check the schema is at head; migrate when ``auto_upgrade`` (the embedded SQLite) else explain."""
+def ensure_schema(url: str, *, auto_upgrade: bool | None = None) -> None:
+    """Check the schema is at head; migrate when ``auto_upgrade`` else explain what to run.
+
+    By default only SQLite (the embedded default, one user) is migrated on the fly; a shared
+    Postgres is migrated once per deploy with `fusionq db upgrade`.
+    """
+    if auto_upgrade is None:
+        auto_upgrade = url.startswith("sqlite")
     current, head = current_revision(get_engine(url)), head_revision(url)
     if current == head:
         return

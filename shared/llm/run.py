@@ -68,7 +68,7 @@ def score_texts(settings: Settings, *, llm: str, labels: LabelSet, multi_label: 
     from shared.db.engine import ensure_schema
 
     url = settings.effective_database_url
-    ensure_schema(url, auto_upgrade=url.startswith("sqlite"))
+    ensure_schema(url)
     with progress_bar(total=len(usable), desc=f"score {choice.spec.model}", unit="text", enabled=show_progress) as bar:
         fresh = score_with_cache(database_url=url, scorer=scorer, labels=labels, multi_label=multi_label,
                                  texts=[texts[i] for i in usable], batch_size=settings.llm_batch_items,
