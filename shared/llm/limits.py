@@ -48,6 +48,15 @@ class MemoryKV:
         with self._lock:
             self._data.pop(key, None)
 
+    def reserve(self, key: str, interval: float, max_wait: float) -> float | None:
+        with self._lock:
+            now = self._clock()
+            slot = max(self._live(key) or 0.0, now)
+            if slot - now > max_wait:
+                return None
+            self._data[key] = (slot + interval, slot + interval + 60)
+            return slot - now
+
 
 class RedisKV:
     """The same operations on Redis, shared by every process that uses the same URL."""
@@ -73,9 +82,28 @@ class RedisKV:
     def delete(self, key: str) -> None:
         self._redis.delete(key)
 
+    # Atomic slot reservation on Redis's own clock, so workers on different hosts agree.
+    _RESERVE = """
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+    local slot = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
+    if slot - now > tonumber(ARGV[2]) then return nil end
+    redis.call('SET', KEYS[1], tostring(slot + tonumber(ARGV[1])), 'EX', 60 + math.ceil(slot - now))
+    return tostring(slot - now)
+    """
+
+    def reserve(self, key: str, interval: float, max_wait: float) -> float | None:
+        delay = self._redis.eval(self._RESERVE, 1, key, repr(interval), repr(max_wait))
+        return None if delay is None else float(delay)
+
 
 class RateLimiter:
-    """At most ``per_second`` calls per wall-clock second across all processes sharing ``kv``."""
+    """At most ``per_second`` calls per second across all processes sharing ``kv``.
+
+    Each call reserves the next free slot, ``1/per_second`` after the previous one, so traffic is
+    evenly spaced: fixed one-second windows let two windows' calls land in the same second at the
+    provider and burst past its limit.
+    """
 
     def __init__(self, kv, name: str, per_second: float | None, *, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.time) -> None:
@@ -83,18 +111,14 @@ class RateLimiter:
         self._sleep, self._clock = sleep, clock
 
     def acquire(self, max_wait: float = 60.0) -> None:
-        """Block until a call is allowed (fixed one-second windows)."""
+        """Block until this call's slot comes; refuse when it is more than ``max_wait`` away."""
         if not self.per_second:
             return
-        deadline = self._clock() + max_wait
-        while True:
-            now = self._clock()
-            window = int(now)
-            if self.kv.incr(f"fusionq:rate:{self.name}:{window}", ttl=2) <= self.per_second:
-                return
-            if now > deadline:
-                raise TimeoutError(f"rate limit of {self.per_second}/s for {self.name} left no slot for {max_wait:.0f}s")
-            self._sleep(window + 1 - now + 0.001)
+        delay = self.kv.reserve(f"fusionq:rate:{self.name}:next", 1.0 / self.per_second, max_wait)
+        if delay is None:
+            raise TimeoutError(f"rate limit of {self.per_second}/s for {self.name} left no slot for {max_wait:.0f}s")
+        if delay > 0:
+            self._sleep(delay)
 
 
 class CircuitBreaker:

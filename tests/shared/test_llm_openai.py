@@ -1,11 +1,13 @@
 """The OpenAI-compatible scorer against a real HTTP server on loopback that can misbehave."""
 
+import time
+
 import httpx
 import pytest
 
 from shared.errors import ProviderTimeout
 from shared.llm import cache
-from shared.llm.limits import CircuitBreaker, MemoryKV, RateLimiter
+from shared.llm.limits import CircuitBreaker, MemoryKV, RateLimiter, RedisKV
 from shared.llm.openai_compat import OpenAICompatScorer, Pricing, backoff_seconds
 from shared.llm.prompts import LabelSet
 from shared.llm.scoring import score_with_cache
@@ -116,7 +118,7 @@ def test_the_breaker_opens_and_stops_calling_a_failing_provider():
     assert "failed" in first.error and "calls paused" in second.error
 
 
-def test_rate_limiter_windows():
+def test_rate_limiter_spaces_calls_evenly():
     now = [100.0]
     sleeps = []
 
@@ -127,7 +129,23 @@ def test_rate_limiter_windows():
     limiter = RateLimiter(MemoryKV(clock=lambda: now[0]), "p", 2, sleep=sleep, clock=lambda: now[0])
     for _ in range(5):
         limiter.acquire()
-    assert len(sleeps) == 2 and int(now[0]) == 102  # 2 calls per second: the 5th runs in the third second
+    assert sleeps == [0.5] * 4 and now[0] == 102  # 2 calls per second, half a second apart
+    slow = RateLimiter(MemoryKV(clock=lambda: now[0]), "q", 0.01, sleep=sleep, clock=lambda: now[0])
+    slow.acquire()
+    with pytest.raises(TimeoutError, match="no slot"):
+        slow.acquire(max_wait=1)  # the next slot is 100 s away
+
+
+def test_rate_limiter_on_redis_is_shared_and_evenly_spaced(redis_url):
+    kv = RedisKV(redis_url)
+    kv.delete("fusionq:rate:shared-test:next")
+    limiters = [RateLimiter(kv, "shared-test", 50), RateLimiter(RedisKV(redis_url), "shared-test", 50)]
+    times = []
+    for i in range(20):
+        limiters[i % 2].acquire()
+        times.append(time.monotonic())
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert min(gaps) > 0.015 and 0.3 < times[-1] - times[0] < 1.5  # 19 gaps of 20 ms
 
 
 def test_backoff_is_bounded():
@@ -154,7 +172,8 @@ def test_second_request_is_served_from_the_cache_and_costs_nothing(server, sqlit
     second = score_with_cache(database_url=url, scorer=scorer, labels=LABELS, multi_label=False, texts=texts)
     assert calls == 3 and chat_calls(server) == 3
     assert [s.probabilities for s in first] == [s.probabilities for s in second]
-    assert sum(s.cost_usd for s in first) > 0 and sum(s.cost_usd for s in second) == 0
+    assert sum(s.spent_usd for s in first) > 0 and sum(s.spent_usd for s in second) == 0
+    assert all(s.cached for s in second) and not any(s.cached for s in first)
     with session_for(url) as session:
         [row] = cache.stats(session=session)
     assert (row["calls"], row["cache_hits"], row["cache_hit_rate"]) == (3, 3, 0.5)
