@@ -220,10 +220,9 @@ def train_topics(settings: Settings, encoder_model: str, *, name: str = "topics"
     from shared.fusion.training import TrainingConfig
     from shared.textio import LabelledData
     from shared.trainer import train_classifier
-    from shared.encoders.spec import EncoderSpec
 
     texts, labels = make_topic_texts(n_per_class, seed=3)
     data = LabelledData(texts=texts, labels=[[label] for label in labels], multi_label=False, source="synthetic")
-    return train_classifier(settings=settings, name=name, data=data, encoder=EncoderSpec(model=encoder_model),
-                            config=TrainingConfig(max_epochs=40), show_progress=False)
+    return train_classifier(settings=settings, name=name, data=data, encoders=[encoder_model], layers=(-1,),
+                            fusion="concat", training=TrainingConfig(max_epochs=40), show_progress=False)
 

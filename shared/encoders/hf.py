@@ -7,6 +7,8 @@ here, lazily, so importing ``shared`` never initialises CUDA.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -38,6 +40,23 @@ def resolve_model_path(model: str) -> str:
     return model
 
 
+def _offline_hint() -> str:
+    return " (no network here: pass a local path)" if os.environ.get("HF_HUB_OFFLINE") else ""
+
+
+def load_tokenizer(path: str):
+    """The tokenizer at ``path``, with a pad token (decoder LLMs often lack one; any id works
+    since the attention mask hides it)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if tokenizer.pad_token is None:
+        raise EncoderError(f"model {path!r}: tokenizer has no pad, eos or unk token to pad batches with")
+    return tokenizer
+
+
 def pick_device(requested: str | None = None):  # -> torch.device
     import torch
 
@@ -51,7 +70,7 @@ class HFEncoder:
 
     def __init__(self, spec: EncoderSpec, *, device: str | None = None) -> None:
         import torch
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoModel
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # our own bars show progress; the weight-loading bar is noise
@@ -59,27 +78,37 @@ class HFEncoder:
         self.device = pick_device(device)
         path = resolve_model_path(spec.model)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
+            self.tokenizer = load_tokenizer(path)
             dtype = torch.float16 if self.device.type == "cuda" else torch.float32
             self.model = AutoModel.from_pretrained(path, dtype=dtype).to(self.device).eval()
+        except EncoderError:
+            raise
         except Exception as exc:  # transformers raises OSError, ValueError, KeyError... for bad models
-            offline = " (no network here: pass a local path)" if os.environ.get("HF_HUB_OFFLINE") else ""
-            raise EncoderError(f"cannot load encoder {spec.model!r} from {path!r}{offline}: {exc}") from exc
-        if self.tokenizer.pad_token is None:
-            # Decoder LLM tokenizers often have no pad token; any id works since the mask hides it.
-            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
-        if self.tokenizer.pad_token is None:
-            raise EncoderError(f"encoder {spec.model!r}: tokenizer has no pad, eos or unk token to pad batches with")
+            raise EncoderError(f"cannot load encoder {spec.model!r} from {path!r}{_offline_hint()}: {exc}") from exc
         config = self.model.config
         self.n_hidden_states = int(getattr(config, "num_hidden_layers")) + 1
-        for layer in spec.layers:
-            if not -self.n_hidden_states <= layer < self.n_hidden_states:
-                raise EncoderError(
-                    f"encoder {spec.model!r} has hidden states 0..{self.n_hidden_states - 1} "
-                    f"(0 = embeddings); layer {layer} is out of range"
-                )
+        self._check_layers(spec.layers)
         self.hidden_size = int(config.hidden_size)
         self.max_length = min(spec.max_length, _model_max_length(self.tokenizer, config))
+
+    def _check_layers(self, layers: tuple[int, ...]) -> None:
+        for layer in layers:
+            if not -self.n_hidden_states <= layer < self.n_hidden_states:
+                raise EncoderError(
+                    f"encoder {self.spec.model!r} has hidden states 0..{self.n_hidden_states - 1} "
+                    f"(0 = embeddings); layer {layer} is out of range"
+                )
+
+    def with_layers(self, layers: tuple[int, ...]) -> "HFEncoder":
+        """The same loaded model reading other hidden states (no second copy of the weights)."""
+        self._check_layers(tuple(layers))
+        other = copy.copy(self)
+        other.spec = dataclasses.replace(self.spec, layers=tuple(layers))
+        return other
+
+    def layer_indices(self) -> tuple[int, ...]:
+        """Every transformer layer's output, 1..L (0, the embeddings, is left out)."""
+        return tuple(range(1, self.n_hidden_states))
 
     @property
     def dim(self) -> int:
@@ -159,14 +188,28 @@ def _model_max_length(tokenizer, config) -> int:
     return min(valid) if valid else 512
 
 
-_CACHE: dict[tuple[str, str | None], HFEncoder] = {}
+_CACHE: dict[tuple, HFEncoder] = {}
 _CACHE_LOCK = threading.Lock()
 
 
 def get_encoder(spec: EncoderSpec, *, device: str | None = None) -> HFEncoder:
-    """This process's encoder for ``spec``, loaded on first use and kept (one copy per process)."""
-    key = (spec.key, device)
+    """This process's encoder for ``spec``, loaded on first use and kept (one copy of the weights
+    per process, whichever layers are read)."""
+    key = (spec.model, spec.pooling, spec.max_length, device)
     with _CACHE_LOCK:
         if key not in _CACHE:
             _CACHE[key] = HFEncoder(spec, device=device)
-        return _CACHE[key]
+        encoder = _CACHE[key]
+    return encoder if encoder.spec.layers == spec.layers else encoder.with_layers(spec.layers)
+
+
+def encode_features(specs: Sequence[EncoderSpec], texts: Sequence[str], *, device: str | None = None,
+                    max_tokens: int = 4096, max_batch: int = 32,
+                    on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+    """Features of ``texts`` from every encoder in ``specs``, concatenated in that order: [N, sum of dims].
+
+    ``on_batch`` counts texts per encoder, so a progress bar's total is len(texts) x len(specs).
+    """
+    parts = [get_encoder(spec, device=device).encode(texts, max_tokens=max_tokens, max_batch=max_batch,
+                                                     on_batch=on_batch) for spec in specs]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)

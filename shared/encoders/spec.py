@@ -55,3 +55,21 @@ def parse_layers(text: str) -> tuple[int, ...]:
         return tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError as exc:
         raise ValueError(f"layers {text!r}: give comma-separated integers such as -1 or 3,5,-1") from exc
+
+
+# A classifier reads one or more encoders; its feature vector is their outputs concatenated in order.
+
+def features_key(specs: tuple[EncoderSpec, ...] | list[EncoderSpec]) -> str:
+    """Identity of the concatenated features of ``specs`` (one encoder: its own key)."""
+    return " || ".join(spec.key for spec in specs)
+
+
+def specs_to_dict(specs: tuple[EncoderSpec, ...] | list[EncoderSpec]) -> dict:
+    return {"encoders": [spec.to_dict() for spec in specs]}
+
+
+def specs_from_dict(data: dict) -> tuple[EncoderSpec, ...]:
+    """Inverse of :func:`specs_to_dict`; also reads a single spec's dict (registry rows before 0.2)."""
+    if "encoders" in data:
+        return tuple(EncoderSpec.from_dict(d) for d in data["encoders"])
+    return (EncoderSpec.from_dict(data),)

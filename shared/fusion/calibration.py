@@ -56,3 +56,26 @@ def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, *, n
         if in_bin.any():
             ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
     return float(ece)
+
+
+def fit_label_thresholds(probabilities: np.ndarray, targets: np.ndarray, *, default: float = 0.5) -> list[float]:
+    """Per-class decision thresholds of a multi-label classifier that maximise each class's F1 on
+    validation. Ties go to the threshold nearest ``default``; a class with no positive example in
+    validation keeps ``default`` (nothing to learn from)."""
+    grid = np.round(np.arange(0.05, 0.951, 0.05), 2)
+    thresholds = []
+    for c in range(probabilities.shape[1]):
+        truth = targets[:, c] > 0.5
+        if not truth.any():
+            thresholds.append(default)
+            continue
+        best = None
+        for t in grid:
+            predicted = probabilities[:, c] >= t
+            tp = float((predicted & truth).sum())
+            f1 = 2 * tp / max(float(predicted.sum() + truth.sum()), 1.0)
+            key = (round(f1, 9), -abs(t - default))
+            if best is None or key > best[0]:
+                best = (key, float(t))
+        thresholds.append(best[1])
+    return thresholds

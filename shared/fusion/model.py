@@ -1,8 +1,10 @@
-"""FusionModel: encoder features + per-class scores from any number of LLM sources -> logits.
+"""FusionModel: encoder feature blocks + per-class scores from any number of LLM sources -> logits.
 
-Each LLM source contributes its per-class probabilities and a present/missing flag. A missing
-source feeds zeros with flag 0, so one network serves every subset of signals; with no LLM
-source configured the network is a calibrated MLP over the encoder features.
+The encoder features arrive as one vector per text, the concatenation of one or more blocks (an
+encoder's chosen layers, several encoders); :class:`~shared.fusion.operators.BlockFusion` fuses
+the blocks. Each LLM source then contributes its per-class probabilities and a present/missing
+flag. A missing source feeds zeros with flag 0, so one network serves every subset of signals
+(trained with modality dropout); with no LLM source it is a calibrated classifier over features.
 """
 
 from __future__ import annotations
@@ -12,14 +14,22 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from shared.fusion.operators import BlockFusion, check_operator
+
 
 @dataclass(frozen=True, kw_only=True)
 class FusionConfig:
-    """Shape of a fusion network; saved beside its weights."""
+    """Shape of a fusion network; saved beside its weights.
 
-    feature_dim: int
+    ``block_dims``: widths of the feature blocks, in order. ``operator``/``width``: how blocks are
+    fused (width 0 = raw concatenation). ``hidden``: the head's hidden size (0 = linear head).
+    """
+
+    block_dims: tuple[int, ...]
     n_classes: int
     llm_sources: tuple[str, ...] = ()
+    operator: str = "concat"
+    width: int = 0
     hidden: int = 256
     dropout: float = 0.1
     multi_label: bool = False
@@ -27,14 +37,25 @@ class FusionConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "llm_sources", tuple(self.llm_sources))
-        if self.feature_dim < 1 or self.n_classes < 2 - int(self.multi_label):
-            raise ValueError(f"FusionConfig needs feature_dim >= 1 and at least 2 classes (1 if multi-label), got {self}")
+        object.__setattr__(self, "block_dims", tuple(int(d) for d in self.block_dims))
+        if not self.block_dims or min(self.block_dims) < 1:
+            raise ValueError(f"FusionConfig needs at least one feature block of width >= 1, got {self.block_dims}")
+        if self.n_classes < 2 - int(self.multi_label):
+            raise ValueError(f"FusionConfig needs at least 2 classes (1 if multi-label), got {self.n_classes}")
         if self.hidden < 0 or not 0 <= self.dropout < 1:
             raise ValueError("FusionConfig.hidden must be >= 0 (0 = linear) and dropout in [0, 1)")
+        if len(set(self.llm_sources)) != len(self.llm_sources):
+            raise ValueError(f"LLM source names must be unique, got {self.llm_sources}")
+        check_operator(self.operator, self.width)
+
+    @property
+    def feature_dim(self) -> int:
+        return sum(self.block_dims)
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["llm_sources"] = list(self.llm_sources)
+        data["block_dims"] = list(self.block_dims)
         return data
 
     @classmethod
@@ -43,7 +64,7 @@ class FusionConfig:
 
 
 class FusionModel(nn.Module):
-    """logits = head([standardised features ; LLM scores x mask ; mask])."""
+    """logits = head([fuse(standardised blocks) ; LLM scores x mask ; mask])."""
 
     def __init__(self, config: FusionConfig) -> None:
         super().__init__()
@@ -52,14 +73,16 @@ class FusionModel(nn.Module):
         # Standardisation is part of the model, so a saved artifact is self-contained.
         self.register_buffer("feature_mean", torch.zeros(config.feature_dim))
         self.register_buffer("feature_std", torch.ones(config.feature_dim))
-        in_dim = config.feature_dim + n_sources * (config.n_classes + 1)
+        self.input_dropout = nn.Dropout(config.dropout)
+        self.blocks = BlockFusion(config.block_dims, config.operator, config.width)
+        in_dim = self.blocks.out_dim + n_sources * (config.n_classes + 1)
         if config.hidden:
             self.head = nn.Sequential(
-                nn.Dropout(config.dropout), nn.Linear(in_dim, config.hidden), nn.GELU(),
+                nn.Linear(in_dim, config.hidden), nn.GELU(),
                 nn.Dropout(config.dropout), nn.Linear(config.hidden, config.n_classes),
             )
         else:
-            self.head = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(in_dim, config.n_classes))
+            self.head = nn.Linear(in_dim, config.n_classes)
 
     def set_standardisation(self, features: torch.Tensor) -> None:
         self.feature_mean.copy_(features.mean(0))
@@ -72,14 +95,14 @@ class FusionModel(nn.Module):
         llm_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """features [B, D]; llm_scores [B, S, C] and llm_mask [B, S] (1 = present) -> logits [B, C]."""
-        x = (features - self.feature_mean) / self.feature_std
+        x = self.blocks(self.input_dropout((features - self.feature_mean) / self.feature_std))
         n_sources = len(self.config.llm_sources)
         if n_sources:
             batch = features.shape[0]
-            if llm_scores is None:
+            if llm_scores is None or llm_mask is None:
                 llm_scores = features.new_zeros(batch, n_sources, self.config.n_classes)
                 llm_mask = features.new_zeros(batch, n_sources)
-            mask = llm_mask.to(features.dtype)
-            scores = llm_scores.to(features.dtype) * mask.unsqueeze(-1)
+            mask = llm_mask.to(x.dtype)
+            scores = llm_scores.to(x.dtype) * mask.unsqueeze(-1)
             x = torch.cat([x, scores.flatten(1), mask], dim=-1)
         return self.head(x)

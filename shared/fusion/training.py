@@ -1,21 +1,22 @@
-"""Training the fusion network on frozen features: validation split, early stopping, model
-selection and temperature scaling, all on validation data (never on test)."""
+"""Training the fusion network: validation split, early stopping, model selection, modality dropout
+and temperature scaling per signal pattern, all on validation data (never on test)."""
 
 from __future__ import annotations
 
-import copy
+import itertools
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shared.fusion.calibration import expected_calibration_error, fit_temperature
+from shared.fusion.calibration import expected_calibration_error, fit_label_thresholds, fit_temperature
 from shared.fusion.model import FusionConfig, FusionModel
 from shared.fusion.predict import decide
 
 log = logging.getLogger(__name__)
+ENCODER_ONLY = "encoder"  # the signal pattern with no LLM source present
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -23,19 +24,69 @@ class TrainingConfig:
     """Knobs of :func:`train_fusion`; the defaults suit a few hundred to a few 100k texts."""
 
     val_fraction: float = 0.15
-    hidden_options: tuple[int, ...] = (0, 256)
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
-    batch_size: int = 64
-    max_epochs: int = 200
-    patience: int = 10
+    batch_size: int | None = None  # None: about 100 steps per epoch, between 64 and 1024 examples
+    max_epochs: int = 100
+    patience: int = 8
+    min_improvement: float = 1e-4  # validation loss must drop by this much to count as progress
+    dropout: float = 0.1
+    llm_dropout: float = 0.5  # chance that a present LLM source is hidden from a training example
     seed: int = 0
+    device: str | None = None  # where to train (None: CUDA when available); the result always lives on CPU
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 0.9:
             raise ValueError("val_fraction must be in (0, 0.9)")
-        if not self.hidden_options:
-            raise ValueError("hidden_options needs at least one size (0 = linear head)")
+        if not 0.0 <= self.llm_dropout < 1.0:
+            raise ValueError("llm_dropout must be in [0, 1)")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One architecture to try: how feature blocks are fused and how big the head is."""
+
+    operator: str = "concat"
+    width: int = 0
+    hidden: int = 256
+
+    @property
+    def name(self) -> str:
+        fuse = "raw concat" if not self.width else f"{self.operator} w{self.width}"
+        return f"{fuse}, {'linear head' if not self.hidden else f'MLP {self.hidden}'}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+DEFAULT_CANDIDATES = (Candidate(hidden=0), Candidate(hidden=256))
+
+
+@dataclass(frozen=True)
+class Signals:
+    """What the fusion network sees for N texts: features [N, D] and, optionally, LLM scores
+    [N, S, C] with their present mask [N, S]."""
+
+    features: np.ndarray
+    llm_scores: np.ndarray | None = None
+    llm_mask: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def subset(self, index: np.ndarray) -> "Signals":
+        pick = (lambda a: None if a is None else a[index])
+        return Signals(self.features[index], pick(self.llm_scores), pick(self.llm_mask))
+
+    def tensors(self, *, pattern: tuple[bool, ...] | None = None):
+        """(features, scores, mask) tensors; ``pattern`` hides the sources it marks False."""
+        x = torch.from_numpy(np.ascontiguousarray(self.features, dtype=np.float32))
+        if self.llm_scores is None:
+            return x, None, None
+        mask = torch.from_numpy(np.ascontiguousarray(self.llm_mask, dtype=np.float32))
+        if pattern is not None:
+            mask = mask * torch.tensor(pattern, dtype=torch.float32)
+        return x, torch.from_numpy(np.ascontiguousarray(self.llm_scores, dtype=np.float32)), mask
 
 
 @dataclass
@@ -43,9 +94,10 @@ class TrainedFusion:
     """A fitted, calibrated fusion network with what was learned while choosing it."""
 
     model: FusionModel
-    temperature: float
+    temperatures: dict[str, float]
     labels: list[str]
     multi_label: bool
+    label_thresholds: list[float] | None = None
     validation: dict = field(default_factory=dict)
     candidates: list[dict] = field(default_factory=list)
 
@@ -78,100 +130,189 @@ def split_train_validation(targets: np.ndarray, *, val_fraction: float, seed: in
     return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(val, dtype=np.int64))
 
 
+def pattern_key(present: tuple[bool, ...] | np.ndarray, sources: tuple[str, ...]) -> str:
+    """Name of a signal pattern: the present LLM sources joined by '+', or 'encoder' when none."""
+    names = [s for s, on in zip(sources, present) if on]
+    return "+".join(names) if names else ENCODER_ONLY
+
+
+def all_patterns(sources: tuple[str, ...]) -> list[tuple[bool, ...]]:
+    """Every subset of the sources, the encoder-only pattern first."""
+    return sorted(itertools.product((False, True), repeat=len(sources)), key=sum)
+
+
 def train_fusion(
-    features: np.ndarray,
+    train: Signals,
     targets: np.ndarray,
     *,
     labels: list[str],
     multi_label: bool,
+    block_dims: tuple[int, ...] | None = None,
+    llm_sources: tuple[str, ...] = (),
+    candidates: tuple[Candidate, ...] = DEFAULT_CANDIDATES,
     config: TrainingConfig = TrainingConfig(),
-    validation: tuple[np.ndarray, np.ndarray] | None = None,
+    validation: tuple[Signals, np.ndarray] | None = None,
 ) -> TrainedFusion:
-    """Fit candidates (one per hidden size), keep the best on validation, calibrate it.
+    """Fit every candidate, keep the best on validation, calibrate it per signal pattern.
 
-    ``validation`` is an explicit (features, targets) dev set; without it a stratified split
-    of ``val_fraction`` is carved from the training data.
+    ``validation`` is an explicit dev set; without it a stratified ``val_fraction`` split is carved
+    from the training data. With LLM sources, training hides each present source with probability
+    ``config.llm_dropout`` and selection averages the encoder-only and all-signals scores, so one
+    network serves every mode.
     """
+    if isinstance(train, np.ndarray):
+        train = Signals(train)
     torch.manual_seed(config.seed)
     if validation is None:
         train_idx, val_idx = split_train_validation(targets, val_fraction=config.val_fraction, seed=config.seed)
-        x_val, y_val = features[val_idx], targets[val_idx]
-        features, targets = features[train_idx], targets[train_idx]
-    else:
-        x_val, y_val = validation
-    x_train, y_train = torch.from_numpy(features), torch.from_numpy(targets)
-    x_val_t, y_val_t = torch.from_numpy(x_val), torch.from_numpy(y_val)
+        validation = (train.subset(val_idx), targets[val_idx])
+        train, targets = train.subset(train_idx), targets[train_idx]
+    val, y_val = validation
+    if isinstance(val, np.ndarray):
+        val = Signals(val)
+    block_dims = tuple(block_dims or (train.features.shape[1],))
 
-    candidates, best = [], None
-    for hidden in config.hidden_options:
-        fusion_config = FusionConfig(feature_dim=features.shape[1], n_classes=len(labels), hidden=hidden,
-                                     multi_label=multi_label)
-        model, val_loss, epochs = _fit_one(fusion_config, x_train, y_train, x_val_t, y_val_t, config)
-        score = _validation_score(model, x_val_t, y_val, multi_label)
-        candidates.append({"hidden": hidden, "val_loss": val_loss, "val_score": score, "epochs": epochs})
-        log.info("candidate hidden=%d: val loss %.4f, val score %.4f after %d epochs", hidden, val_loss, score, epochs)
+    results, best = [], None
+    for candidate in candidates:
+        fusion_config = FusionConfig(block_dims=block_dims, n_classes=len(labels), llm_sources=llm_sources,
+                                     operator=candidate.operator, width=candidate.width, hidden=candidate.hidden,
+                                     dropout=config.dropout, multi_label=multi_label)
+        model, val_loss, epochs = fit_one(fusion_config, train, targets, val, y_val, config)
+        score = selection_score(model, val, y_val)
+        results.append({**candidate.to_dict(), "name": candidate.name, "val_loss": round(val_loss, 5),
+                        "val_score": round(score, 5), "epochs": epochs})
+        log.info("candidate %s: val loss %.4f, val score %.4f after %d epochs", candidate.name, val_loss, score, epochs)
         if best is None or (score, -val_loss) > (best[1], -best[2]):
             best = (model, score, val_loss)
     model = best[0]
-    with torch.no_grad():
-        val_logits = model(x_val_t)
-    temperature = fit_temperature(val_logits, y_val_t, multi_label=multi_label)
-    return TrainedFusion(model=model, temperature=temperature, labels=list(labels), multi_label=multi_label,
-                         validation=_calibration_report(val_logits, y_val, temperature, multi_label),
-                         candidates=candidates)
+    temperatures = fit_pattern_temperatures(model, val, y_val)
+    thresholds = None
+    if multi_label:
+        fast_logits = logits_of(model, val, pattern=(False,) * len(llm_sources))
+        thresholds = fit_label_thresholds(
+            decide(fast_logits / temperatures[ENCODER_ONLY], multi_label=True).probabilities, y_val)
+    return TrainedFusion(model=model, temperatures=temperatures, labels=list(labels), multi_label=multi_label,
+                         label_thresholds=thresholds,
+                         validation=validation_report(model, val, y_val, temperatures, thresholds),
+                         candidates=results)
 
 
 def _loss(logits: torch.Tensor, y: torch.Tensor, multi_label: bool) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, y) if multi_label else F.cross_entropy(logits, y)
 
 
-def _fit_one(fusion_config, x_train, y_train, x_val, y_val, config: TrainingConfig):
-    """Adam with early stopping on validation loss; returns the best epoch's model."""
+def fit_one(fusion_config: FusionConfig, train: Signals, y_train: np.ndarray, val: Signals, y_val: np.ndarray,
+            config: TrainingConfig) -> tuple[FusionModel, float, int]:
+    """AdamW with modality dropout and early stopping on validation loss; returns the best epoch's model."""
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    to_device = (lambda t: None if t is None else t.to(device))  # noqa: E731
     model = FusionModel(fusion_config)
-    model.set_standardisation(x_train)
+    x, scores, mask = (to_device(t) for t in train.tensors())
+    y = to_device(torch.from_numpy(y_train))
+    model.set_standardisation(x)
+    model.to(device)
+    val_patterns = _selection_patterns(fusion_config.llm_sources)
+    val_tensors = [tuple(to_device(t) for t in val.tensors(pattern=p)) for p in val_patterns]
+    y_val_t = to_device(torch.from_numpy(y_val))
     optimiser = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed)
+    batch_size = config.batch_size or int(np.clip(len(x) // 100, 64, 1024))
     best_loss, best_state, best_epoch, stale = float("inf"), None, 0, 0
     for epoch in range(1, config.max_epochs + 1):
         model.train()
-        for batch in torch.randperm(len(x_train), generator=generator).split(config.batch_size):
+        for batch in torch.randperm(len(x), generator=generator).split(batch_size):
+            batch = batch.to(device)
+            batch_mask = None
+            if mask is not None:  # modality dropout: hide present sources at random
+                keep = torch.rand(tuple(mask[batch].shape), generator=generator) >= config.llm_dropout
+                batch_mask = mask[batch] * keep.to(device)
             optimiser.zero_grad()
-            _loss(model(x_train[batch]), y_train[batch], fusion_config.multi_label).backward()
+            logits = model(x[batch], None if scores is None else scores[batch], batch_mask)
+            _loss(logits, y[batch], fusion_config.multi_label).backward()
             optimiser.step()
         model.eval()
         with torch.no_grad():
-            val_loss = float(_loss(model(x_val), y_val, fusion_config.multi_label))
-        if val_loss < best_loss - 1e-5:
-            best_loss, best_state, best_epoch, stale = val_loss, copy.deepcopy(model.state_dict()), epoch, 0
+            val_loss = float(np.mean([float(_loss(model(*t), y_val_t, fusion_config.multi_label)) for t in val_tensors]))
+        if val_loss < best_loss - config.min_improvement:
+            best_loss, best_epoch, stale = val_loss, epoch, 0
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         else:
             stale += 1
             if stale >= config.patience:
                 break
+    model.to("cpu")
     model.load_state_dict(best_state)
     model.eval()
     return model, best_loss, best_epoch
 
 
-def _validation_score(model: FusionModel, x_val: torch.Tensor, y_val: np.ndarray, multi_label: bool) -> float:
-    """Accuracy (single-label) or micro-F1 (multi-label) on validation."""
+def _selection_patterns(sources: tuple[str, ...]) -> list[tuple[bool, ...] | None]:
+    """Encoder-only and all-present (None: the observed mask); just the first without sources."""
+    return [(False,) * len(sources), None] if sources else [None]
+
+
+def logits_of(model: FusionModel, signals: Signals, *, pattern: tuple[bool, ...] | None = None) -> np.ndarray:
     with torch.no_grad():
-        logits = model(x_val).numpy()
+        return model(*signals.tensors(pattern=pattern)).numpy()
+
+
+def score_logits(logits: np.ndarray, y: np.ndarray, multi_label: bool) -> float:
+    """Accuracy (single-label) or micro-F1 at logit 0 (multi-label)."""
     if not multi_label:
-        return float((logits.argmax(1) == y_val).mean())
+        return float((logits.argmax(1) == y).mean())
     predicted = logits > 0
-    tp = float((predicted & (y_val > 0.5)).sum())
-    return 2 * tp / max(float(predicted.sum() + (y_val > 0.5).sum()), 1.0)
+    tp = float((predicted & (y > 0.5)).sum())
+    return 2 * tp / max(float(predicted.sum() + (y > 0.5).sum()), 1.0)
 
 
-def _calibration_report(val_logits: torch.Tensor, y_val: np.ndarray, temperature: float, multi_label: bool) -> dict:
-    """Validation NLL and ECE before and after temperature scaling."""
-    report = {"n": int(len(y_val)), "temperature": temperature}
-    for name, t in (("raw", 1.0), ("calibrated", temperature)):
-        decision = decide(val_logits.numpy() / t, multi_label=multi_label)
-        if multi_label:
-            correct = (decision.label_matrix == (y_val > 0.5)).all(1)
-        else:
-            correct = decision.label_matrix.argmax(1) == y_val
-        report[f"ece_{name}"] = expected_calibration_error(decision.confidence, correct)
-        report[f"accuracy_{name}"] = float(correct.mean())
-    return report
+def selection_score(model: FusionModel, val: Signals, y_val: np.ndarray) -> float:
+    """Mean validation score over the encoder-only and all-signals patterns."""
+    patterns = _selection_patterns(model.config.llm_sources)
+    return float(np.mean([score_logits(logits_of(model, val, pattern=p), y_val, model.config.multi_label)
+                          for p in patterns]))
+
+
+def fit_pattern_temperatures(model: FusionModel, val: Signals, y_val: np.ndarray) -> dict[str, float]:
+    """One temperature per signal pattern, fitted on the validation rows where that pattern's sources
+    are all present (the others hidden); a pattern with no such row keeps the encoder-only one."""
+    sources = model.config.llm_sources
+    temperatures: dict[str, float] = {}
+    for pattern in all_patterns(sources):
+        rows = np.ones(len(val), dtype=bool)
+        if any(pattern):
+            rows = (val.llm_mask[:, list(pattern)] > 0.5).all(1)
+        if not rows.any():
+            temperatures[pattern_key(pattern, sources)] = temperatures[ENCODER_ONLY]
+            continue
+        logits = logits_of(model, val.subset(np.flatnonzero(rows)), pattern=pattern)
+        temperatures[pattern_key(pattern, sources)] = fit_temperature(
+            torch.from_numpy(logits), torch.from_numpy(y_val[rows]), multi_label=model.config.multi_label)
+    return temperatures
+
+
+def validation_report(model: FusionModel, val: Signals, y_val: np.ndarray, temperatures: dict[str, float],
+                      thresholds: list[float] | None) -> dict:
+    """Validation accuracy and ECE before and after calibration, per signal pattern.
+
+    The top-level keys describe the encoder-only pattern (the fast path)."""
+    sources = model.config.llm_sources
+    multi_label = model.config.multi_label
+    per_pattern = {}
+    for pattern in all_patterns(sources):
+        key = pattern_key(pattern, sources)
+        logits = logits_of(model, val, pattern=pattern)
+        row = {"n": int(len(y_val)), "temperature": temperatures[key]}
+        for name, t in (("raw", 1.0), ("calibrated", temperatures[key])):
+            decision = decide(logits / t, multi_label=multi_label, threshold=thresholds or 0.5)
+            correct = correct_rows(decision.label_matrix, y_val, multi_label)
+            row[f"ece_{name}"] = round(expected_calibration_error(decision.confidence, correct), 5)
+            row[f"accuracy_{name}"] = round(float(correct.mean()), 5)
+        per_pattern[key] = row
+    return {**per_pattern[ENCODER_ONLY], "patterns": per_pattern}
+
+
+def correct_rows(label_matrix: np.ndarray, y: np.ndarray, multi_label: bool) -> np.ndarray:
+    """Per row: the exact label set (multi-label) or the class (single-label) is right."""
+    if multi_label:
+        return (label_matrix == (y > 0.5)).all(1)
+    return label_matrix.argmax(1) == y

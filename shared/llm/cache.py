@@ -56,9 +56,11 @@ def store(*, session: Session, scorer, labels: LabelSet, multi_label: bool, text
 
 
 def as_text_score(row: LlmScore) -> TextScore:
-    """A cached row as a score; served from cache, so it costs nothing now."""
+    """A cached row as a score, flagged ``cached``: it costs nothing now (``spent_usd`` is 0) but keeps
+    what the original call cost, for cost estimates."""
     return TextScore(probabilities=tuple(row.scores) if row.scores is not None else None, method=row.method,
-                     latency_ms=0.0, error=row.error)
+                     tokens_in=row.tokens_in, tokens_out=row.tokens_out, latency_ms=0.0,
+                     cost_usd=row.cost_usd, error=row.error, cached=True)
 
 
 def stats(*, session: Session) -> list[dict]:

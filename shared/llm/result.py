@@ -20,12 +20,18 @@ class TextScore:
     latency_ms: float = 0.0
     cost_usd: float = 0.0
     error: str | None = None
+    cached: bool = False  # served from the cache: cost_usd is what the original call cost
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if (self.probabilities is None) != (self.method == "failed"):
             raise ValueError("a failed score has no probabilities; any other has them")
+
+    @property
+    def spent_usd(self) -> float:
+        """What this answer cost now: nothing when it came from the cache."""
+        return 0.0 if self.cached else self.cost_usd
 
     @classmethod
     def failed(cls, error: str, **usage) -> "TextScore":
@@ -51,4 +57,4 @@ class ScoreBatch:
 
     @property
     def cost_usd(self) -> float:
-        return sum(s.cost_usd for s in self.scores)
+        return sum(s.spent_usd for s in self.scores)

@@ -11,7 +11,7 @@ from shared.llm.scoring import score_with_cache
 from shared.llm.sources import LLMSpec, get_scorer, parse_llm_spec, source_spec
 from shared.progress import progress_bar
 from shared.settings import Settings
-from shared.textio import text_problem
+from shared.textio import text_problems
 
 
 @dataclass(frozen=True)
@@ -56,20 +56,26 @@ def score_texts(settings: Settings, *, llm: str, labels: LabelSet, multi_label: 
     choice = choose_llm(settings, llm)
     if choice.queued:
         return _score_through_queue(settings, choice, labels, multi_label, texts, show_progress, timeout)
-    scores: list[TextScore | None] = [None] * len(texts)
-    usable = []
-    for i, text in enumerate(texts):
-        problem = text_problem(text, max_chars=settings.max_text_chars)
-        if problem:
-            scores[i] = TextScore.failed(problem)
-        else:
-            usable.append(i)
-    scorer = get_scorer(choice.spec, settings, source="api" if choice.spec.backend == "openai" else "local")
+    return score_in_process(settings, choice.spec, labels=labels, multi_label=multi_label, texts=texts,
+                            show_progress=show_progress)
+
+
+def score_in_process(settings: Settings, spec: LLMSpec, *, labels: LabelSet, multi_label: bool, texts: list[str],
+                     show_progress: bool = True, desc: str | None = None, source: str | None = None) -> list[TextScore]:
+    """Scores of every text by ``spec`` in this process, through the cache; unusable texts fail with the reason.
+
+    ``source`` (local/api) picks the key and prices; by default openai-backend specs count as api."""
     from shared.db.engine import ensure_schema
 
+    scores: list[TextScore | None] = [None] * len(texts)
+    for i, problem in text_problems(texts, max_chars=settings.max_text_chars):
+        scores[i] = TextScore.failed(problem)
+    usable = [i for i, score in enumerate(scores) if score is None]
+    source = source or ("api" if spec.backend == "openai" else "local")
+    scorer = get_scorer(spec, settings, source=source)
     url = settings.effective_database_url
     ensure_schema(url)
-    with progress_bar(total=len(usable), desc=f"score {choice.spec.model}", unit="text", enabled=show_progress) as bar:
+    with progress_bar(total=len(usable), desc=desc or f"score {spec.model}", unit="text", enabled=show_progress) as bar:
         fresh = score_with_cache(database_url=url, scorer=scorer, labels=labels, multi_label=multi_label,
                                  texts=[texts[i] for i in usable], batch_size=settings.llm_batch_items,
                                  on_batch=bar.update)

@@ -10,7 +10,7 @@ from shared.fusion.artifact import ClassifierArtifact, load_artifact, save_artif
 from shared.fusion.calibration import expected_calibration_error, fit_temperature
 from shared.fusion.model import FusionConfig, FusionModel
 from shared.fusion.predict import decide
-from shared.fusion.training import TrainingConfig, split_train_validation, train_fusion
+from shared.fusion.training import Candidate, TrainingConfig, split_train_validation, train_fusion
 
 
 def blobs(n_per_class: int, n_classes: int = 3, dim: int = 16, spread: float = 1.0, seed: int = 0):
@@ -22,7 +22,7 @@ def blobs(n_per_class: int, n_classes: int = 3, dim: int = 16, spread: float = 1
 
 
 def test_llm_places_exist_and_a_missing_source_is_ignored():
-    model = FusionModel(FusionConfig(feature_dim=8, n_classes=3, llm_sources=("vllm", "api"), hidden=16)).eval()
+    model = FusionModel(FusionConfig(block_dims=(8,), n_classes=3, llm_sources=("vllm", "api"), hidden=16)).eval()
     features = torch.randn(4, 8)
     # Given LLM scores that are all marked missing
     scores, mask = torch.rand(4, 2, 3), torch.zeros(4, 2)
@@ -35,11 +35,11 @@ def test_llm_places_exist_and_a_missing_source_is_ignored():
 
 def test_training_learns_separable_classes_and_reports_candidates():
     x, y = blobs(60)
-    trained = train_fusion(x, y, labels=["a", "b", "c"], multi_label=False,
-                           config=TrainingConfig(max_epochs=60, hidden_options=(0, 32)))
+    trained = train_fusion(x, y, labels=["a", "b", "c"], multi_label=False, config=TrainingConfig(max_epochs=60),
+                           candidates=(Candidate(hidden=0), Candidate(hidden=32)))
     assert trained.validation["accuracy_calibrated"] >= 0.95
     assert [c["hidden"] for c in trained.candidates] == [0, 32]
-    assert trained.temperature > 0
+    assert trained.temperatures["encoder"] > 0
 
 
 def test_validation_split_is_stratified_and_disjoint():
@@ -88,8 +88,8 @@ def test_multi_label_training():
 def _artifact():
     x, y = blobs(20, dim=8)
     trained = train_fusion(x, y, labels=["a", "b", "c"], multi_label=False, config=TrainingConfig(max_epochs=5))
-    return x, ClassifierArtifact(model=trained.model, temperature=trained.temperature, labels=trained.labels,
-                                 multi_label=False, encoder=EncoderSpec(model="m"), metrics={"k": 1})
+    return x, ClassifierArtifact(model=trained.model, temperatures=trained.temperatures, labels=trained.labels,
+                                 multi_label=False, encoders=(EncoderSpec(model="m"),), metrics={"k": 1})
 
 
 def test_artifact_round_trip_is_bit_exact(tmp_path):
@@ -99,7 +99,7 @@ def test_artifact_round_trip_is_bit_exact(tmp_path):
     for key, value in artifact.model.state_dict().items():
         assert torch.equal(value, loaded.model.state_dict()[key])
     assert np.array_equal(artifact.decide(x).probabilities, loaded.decide(x).probabilities)
-    assert (loaded.labels, loaded.encoder, loaded.temperature) == (artifact.labels, artifact.encoder, artifact.temperature)
+    assert (loaded.labels, loaded.encoders, loaded.temperatures) == (artifact.labels, artifact.encoders, artifact.temperatures)
     with pytest.raises(ArtifactError, match="never overwritten"):
         save_artifact(tmp_path / "v1", artifact)
 
