@@ -86,7 +86,8 @@ def main() -> int:
         upgrade(settings.effective_database_url)
         print(f"training a classifier on {train_path} (not timed) ...", flush=True)
         train = stratified_sample(read_labelled(train_path), 1000)
-        train_classifier(settings=settings, name="bench", data=train, encoder=spec, show_progress=False)
+        train_classifier(settings=settings, name="bench", data=train, encoders=[spec], layers=spec.layers,
+                         fusion="concat", show_progress=False)
 
         print(f"bare encoder on {len(texts)} texts ...", flush=True)
         bare = bare_encoder_rate(spec, texts, settings, args.repeats)

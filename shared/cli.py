@@ -12,11 +12,32 @@ from pathlib import Path
 from shared.errors import FusionqError
 
 
-def _encoder_spec(args, settings):
-    from shared.encoders.spec import EncoderSpec, parse_layers
+def _classifier_options(args, settings) -> dict:
+    """AutoFusionClassifier arguments from the encoder (and, for train, fusion/LLM/fine-tuning) options."""
+    from shared.encoders.spec import parse_layers
 
-    return EncoderSpec(model=args.encoder or settings.default_encoder, layers=parse_layers(args.layers),
-                       pooling=args.pooling, max_length=args.max_length)
+    layers = getattr(args, "layers", "auto")
+    options = {"encoders": args.encoder or [settings.default_encoder],
+               "layers": "auto" if layers == "auto" else parse_layers(layers),
+               "pooling": args.pooling, "max_length": args.max_length}
+    if getattr(args, "fusion", None):
+        options["fusion"] = args.fusion
+    if getattr(args, "llm", None):
+        options["llms"] = args.llm
+    if getattr(args, "finetune", None):
+        from shared.encoders.finetune import FinetuneConfig
+
+        options["finetune"] = FinetuneConfig(method=args.finetune, epochs=args.epochs, learning_rate=args.learning_rate,
+                                             load_in_4bit=args.load_in_4bit)
+    if getattr(args, "escalate_accuracy", None) is not None:
+        from shared.fusion.escalation import EscalationTarget
+
+        options["escalation"] = EscalationTarget(share=None, kept_accuracy=args.escalate_accuracy)
+    elif getattr(args, "escalate_share", None) is not None:
+        from shared.fusion.escalation import EscalationTarget
+
+        options["escalation"] = EscalationTarget(share=args.escalate_share)
+    return options
 
 
 def cmd_db(args, settings) -> int:
@@ -37,12 +58,34 @@ def cmd_train(args, settings) -> int:
 
     data = read_labelled(args.data)
     dev = read_labelled(args.dev) if args.dev else None
-    result = train_classifier(settings=settings, name=args.name, data=data, dev=dev,
-                              encoder=_encoder_spec(args, settings), show_progress=not args.quiet)
-    row = result.classifier
+    result = train_classifier(settings=settings, name=args.name, data=data, dev=dev, show_progress=not args.quiet,
+                              **_classifier_options(args, settings))
+    row, report = result.classifier, result.report
+    validation = {k: v for k, v in result.validation.items() if k != "patterns"}
     print(json.dumps({"classifier": f"{row.name}@{row.version}", "labels": row.labels, "multi_label": row.multi_label,
-                      "artifact": row.artifact_uri, "validation": result.validation,
+                      "artifact": row.artifact_uri, "chosen": report["chosen"], "validation": validation,
+                      "llm": report["llm"] or "none configured: encoder-only classifier (fast mode)",
                       "seconds": round(result.seconds, 1)}, indent=2))
+    return 0
+
+
+def cmd_layers(args, settings) -> int:
+    from shared.autofusion import AutoFusionClassifier
+    from shared.reports import write_layer_report
+    from shared.textio import read_labelled
+
+    data = read_labelled(args.data)
+    dev = read_labelled(args.dev) if args.dev else None
+    options = _classifier_options(args, settings)
+    clf = AutoFusionClassifier(settings=settings, show_progress=not args.quiet, **options)
+    report = clf.layer_report(data, dev)
+    out_dir = Path(args.out_dir or f"fusionq-layers-{Path(args.data).stem}")
+    paths = write_layer_report(report, out_dir, data_source=data.source)
+    for entry in report:
+        print(entry["encoder"])
+        for r in entry["rows"]:
+            print(f"  layer {r['layer']:>3}: validation score {r['val_score']:.4f}")
+    print("report: " + ", ".join(str(p) for p in paths))
     return 0
 
 
@@ -81,6 +124,20 @@ def cmd_evaluate(args, settings) -> int:
         out_dir = Path(args.out_dir or "fusionq-eval-llm")
         report = evaluate_llm(settings, llm=args.llm, data=data, out_dir=out_dir, show_progress=not args.quiet)
         print(f"LLM calls: {report['llm_methods']}, cost ${report['llm_cost_usd']:.4f}")
+    elif not args.through_service:
+        from shared.autofusion import AutoFusionClassifier
+        from shared.reports import compare_modes
+
+        out_dir = Path(args.out_dir or f"fusionq-eval-{args.classifier.replace('@', '-v')}")
+        clf = AutoFusionClassifier.from_registry(args.classifier, settings=settings)
+        clf.show_progress = not args.quiet
+        report = compare_modes(clf, data, out_dir, name=args.classifier, show_progress=not args.quiet)
+        for mode, r in report["modes"].items():
+            print(f"{mode:>12}: accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f}, ECE {r['ece']:.4f}, "
+                  f"escalated {r['escalated_share']:.1%}, LLM calls/1k {r['llm_calls_per_1000']:.0f}, "
+                  f"cost/1k ${r['llm_cost_per_1000_usd']:.4f}, {r['wall_seconds']:.1f} s")
+        print(f"report: {out_dir / 'comparison.md'}, {out_dir / 'comparison.json'}, {out_dir / 'coverage.png'}")
+        return 0
     else:
         out_dir = Path(args.out_dir or f"fusionq-eval-{args.classifier.replace('@', '-v')}")
         with FusionqClient(settings) as client:
@@ -113,17 +170,23 @@ def cmd_score(args, settings) -> int:
             writer.writerow([i, s.method, *probs, s.tokens_in, s.tokens_out, f"{s.cost_usd:.8f}",
                              f"{s.latency_ms:.1f}", s.error or ""])
     counts = {m: sum(s.method == m for s in scores) for m in ("logprobs", "vote", "failed")}
-    print(f"wrote {len(scores)} scores to {out}: {counts}, cost ${sum(s.cost_usd for s in scores):.4f}")
+    print(f"wrote {len(scores)} scores to {out}: {counts}, spent ${sum(s.spent_usd for s in scores):.4f}")
     return 0
 
 
-def cmd_llm_stats(args, settings) -> int:
+def _database_session(settings):
+    """A session on the configured database, migrated first where that is allowed."""
     from shared.db.engine import ensure_schema, session_for
-    from shared.llm.cache import stats
 
     url = settings.effective_database_url
     ensure_schema(url)
-    with session_for(url) as session:
+    return session_for(url)
+
+
+def cmd_llm_stats(args, settings) -> int:
+    from shared.llm.cache import stats
+
+    with _database_session(settings) as session:
         rows = stats(session=session)
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -144,33 +207,43 @@ def cmd_demo(args, settings) -> int:
     name = args.name or ("demo" if not args.data else Path(args.data).resolve().name)
     out_dir = Path(args.out_dir or f"fusionq-eval-{name}")
     run_demo(settings, data_dir=Path(args.data) if args.data else None, name=name, out_dir=out_dir,
-             max_train=args.max_train, encoder=_encoder_spec(args, settings), show_progress=not args.quiet)
+             max_train=args.max_train, show_progress=not args.quiet, **_classifier_options(args, settings))
     return 0
 
 
 def cmd_classifiers(args, settings) -> int:
-    from shared.db.engine import ensure_schema, session_for
     from shared.db.registry import list_classifiers
+    from shared.encoders.spec import specs_from_dict
 
-    url = settings.effective_database_url
-    ensure_schema(url)
-    with session_for(url) as session:
+    with _database_session(settings) as session:
         rows = list_classifiers(session=session)
         if not rows:
             print("no classifiers yet: train one with `fusionq train --data train.csv --name NAME`")
         for row in rows:
             val = row.metrics.get("validation", {}).get("accuracy_calibrated")
             print(f"{row.name}@{row.version}\t{len(row.labels)} labels{' (multi-label)' if row.multi_label else ''}"
-                  f"\tencoder {row.encoder_spec['model']}\tvalidation accuracy {val if val is None else round(val, 4)}"
+                  f"\tencoders {', '.join(s.model for s in specs_from_dict(row.encoder_spec))}\tvalidation accuracy {val if val is None else round(val, 4)}"
                   f"\t{row.created_at:%Y-%m-%d %H:%M}")
     return 0
 
 
-def _add_encoder_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--encoder", help="Hugging Face id or local path (default: FUSIONQ_DEFAULT_ENCODER, MiniLM)")
-    parser.add_argument("--layers", default="-1", help="hidden-state index or comma list, concatenated (default -1)")
-    parser.add_argument("--pooling", default="mean", choices=["mean", "cls", "last"])
+def _add_encoder_options(parser: argparse.ArgumentParser, *, layers: bool = True) -> None:
+    parser.add_argument("--encoder", action="append",
+                        help="Hugging Face id or local path; repeat for several encoders "
+                             "(default: FUSIONQ_DEFAULT_ENCODER, MiniLM)")
+    if layers:
+        parser.add_argument("--layers", default="auto",
+                            help="auto (chosen on validation, default), or a hidden-state index or comma list")
+    parser.add_argument("--pooling", choices=["mean", "cls", "last"],
+                        help="default: last for decoder LLMs, mean otherwise")
     parser.add_argument("--max-length", type=int, default=256, help="tokens per text (default 256)")
+
+
+def _add_fusion_options(parser: argparse.ArgumentParser) -> None:
+    from shared.fusion.operators import OPERATORS
+
+    parser.add_argument("--fusion", default="auto", choices=["auto", *OPERATORS],
+                        help="how several layers/encoders are fused (default auto: chosen on validation)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -189,7 +262,28 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--name", required=True, help="registry name; each training adds a version")
     train.add_argument("--dev", help="validation CSV (default: a stratified 15%% split of --data)")
     _add_encoder_options(train)
+    _add_fusion_options(train)
+    train.add_argument("--llm", action="append",
+                       help="LLM source fused with the encoder: local, api, hf:MODEL or openai:MODEL@URL; repeatable. "
+                            "Training texts are scored through the cache (a second fit asks nothing new)")
+    train.add_argument("--finetune", choices=["full", "lora"],
+                       help="fine-tune the backbone first: full (all weights) or lora (adapters, for decoder LLMs)")
+    train.add_argument("--epochs", type=int, default=3, help="fine-tuning epochs (default 3)")
+    train.add_argument("--learning-rate", type=float, help="fine-tuning learning rate (default 5e-5 full, 2e-4 LoRA)")
+    train.add_argument("--load-in-4bit", action="store_true", help="LoRA over 4-bit weights (needs CUDA + bitsandbytes)")
+    escalate = train.add_mutually_exclusive_group()
+    escalate.add_argument("--escalate-share", type=float,
+                          help="escalation threshold sends this share of items to the LLM path (default 0.2)")
+    escalate.add_argument("--escalate-accuracy", type=float,
+                          help="escalation threshold keeps on the fast path the items reaching this accuracy")
     train.set_defaults(func=cmd_train)
+
+    layers = sub.add_parser("layers", help="validation score per hidden layer (table + PNG plot)")
+    layers.add_argument("--data", required=True, help="labelled CSV (text,label or text,labels)")
+    layers.add_argument("--dev", help="validation CSV (default: a stratified 15%% split of --data)")
+    layers.add_argument("--out-dir", help="where layers.csv/.json/.md/.png go (default fusionq-layers-DATA)")
+    _add_encoder_options(layers, layers=False)
+    layers.set_defaults(func=cmd_layers)
 
     classify = sub.add_parser("classify", help="classify a CSV of texts through the service")
     classify.add_argument("--classifier", required=True, help="NAME or NAME@VERSION")
@@ -205,7 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--classifier", help="NAME or NAME@VERSION")
     target.add_argument("--llm", help="evaluate an LLM alone: local, api, hf:MODEL or openai:MODEL@URL")
     evaluate.add_argument("--data", required=True, help="labelled CSV (text,label or text,labels)")
-    evaluate.add_argument("--out-dir", help="where metrics.json and report.md go (default fusionq-eval-NAME)")
+    evaluate.add_argument("--out-dir", help="where the report files go (default fusionq-eval-NAME)")
+    evaluate.add_argument("--through-service", action="store_true",
+                          help="classify through the queue and workers (fast mode) instead of comparing the modes "
+                               "in this process")
     evaluate.set_defaults(func=cmd_evaluate)
 
     score = sub.add_parser("score", help="per-class LLM scores for a CSV of texts")
@@ -232,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-train", type=int, help="train on a stratified sample of at most this many texts")
     demo.add_argument("--out-dir", help="where the evaluation report goes (default fusionq-eval-NAME)")
     _add_encoder_options(demo)
+    _add_fusion_options(demo)
     demo.set_defaults(func=cmd_demo)
 
     listing = sub.add_parser("classifiers", help="list the registry")

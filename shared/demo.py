@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 
 from shared.client import FusionqClient
-from shared.encoders.spec import EncoderSpec
 from shared.errors import DataFileError
 from shared.evaluation import confusion_table, evaluate_classifier
 from shared.settings import Settings
@@ -39,7 +38,9 @@ def stratified_sample(data: LabelledData, n: int, *, seed: int = 0) -> LabelledD
 
 
 def run_demo(settings: Settings, *, data_dir: Path | None, name: str, out_dir: Path, max_train: int | None,
-             encoder: EncoderSpec | None = None, show_progress: bool = True) -> dict:
+             show_progress: bool = True, **options) -> dict:
+    """Train (``options`` go to :class:`AutoFusionClassifier`), classify the test file through the
+    Celery tasks, evaluate."""
     folder = Path(data_dir) if data_dir else sample_dir()
     for part in ("train.csv", "test.csv"):
         if not (folder / part).is_file():
@@ -48,11 +49,13 @@ def run_demo(settings: Settings, *, data_dir: Path | None, name: str, out_dir: P
     if max_train:
         train = stratified_sample(train, max_train)
     test = read_labelled(folder / "test.csv")
-    encoder = encoder or EncoderSpec(model=settings.default_encoder)
-    print(f"training {name!r} on {len(train.texts)} texts from {train.source} with {encoder.model} ...")
-    trained = train_classifier(settings=settings, name=name, data=train, encoder=encoder, show_progress=show_progress)
+    options.setdefault("encoders", [settings.default_encoder])
+    print(f"training {name!r} on {len(train.texts)} texts from {train.source} ...")
+    trained = train_classifier(settings=settings, name=name, data=train, show_progress=show_progress, **options)
     ref = f"{trained.classifier.name}@{trained.classifier.version}"
-    print(f"trained {ref} in {trained.seconds:.1f}s; validation accuracy {trained.validation['accuracy_calibrated']:.3f}")
+    chosen = trained.report["chosen"]
+    print(f"trained {ref} in {trained.seconds:.1f}s: layers {chosen['layers']}, {chosen['candidate']}; "
+          f"validation accuracy {trained.validation['accuracy_calibrated']:.3f}")
     mode = "embedded worker, in-memory broker" if settings.embedded else f"workers on {settings.effective_broker_url}"
     print(f"classifying {len(test.texts)} held-out texts through the Celery tasks ({mode}) ...")
     with FusionqClient(settings) as client:

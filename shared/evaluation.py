@@ -14,8 +14,7 @@ from shared.db.registry import find_classifier
 from shared.metrics import evaluate_predictions
 from shared.progress import progress_bar
 from shared.schemas import ItemResult, JobProgress
-from shared.textio import LabelledData
-from shared.trainer import check_known_labels
+from shared.textio import LabelledData, check_known_labels
 
 
 def classify_with_progress(client: FusionqClient, texts: list[str], classifier: str, *, mode: str = "fast",
@@ -52,10 +51,10 @@ def evaluate_classifier(client: FusionqClient, *, classifier: str, data: Labelle
                         confidence=confidence, seconds=time.perf_counter() - started, out_dir=out_dir)
 
 
-def write_report(*, name: str, data: LabelledData, labels: list[str], multi_label: bool,
-                 predicted: list[list[str] | None], confidence: list[float | None], seconds: float,
-                 out_dir: Path, extra: dict | None = None) -> dict:
-    """Metrics of ``predicted`` (None = failed item) against ``data``; writes metrics.json and report.md."""
+def score_predictions(data: LabelledData, labels: list[str], multi_label: bool, predicted: list[list[str] | None],
+                      confidence) -> tuple[dict, np.ndarray]:
+    """Metrics of the answered items of ``predicted`` (None = no answer) against ``data``, and, per
+    answered item, whether its label set is exactly right."""
     ok = [i for i, p in enumerate(predicted) if p is not None]
     index = {label: c for c, label in enumerate(labels)}
     true = np.zeros((len(ok), len(labels)), dtype=bool)
@@ -65,8 +64,17 @@ def write_report(*, name: str, data: LabelledData, labels: list[str], multi_labe
         pred[row_i, [index[n] for n in predicted[i]]] = True
     metrics = evaluate_predictions(true, pred, np.array([confidence[i] for i in ok], dtype=np.float64), labels,
                                    multi_label=multi_label)
+    return metrics, (true == pred).all(1)
+
+
+def write_report(*, name: str, data: LabelledData, labels: list[str], multi_label: bool,
+                 predicted: list[list[str] | None], confidence: list[float | None], seconds: float,
+                 out_dir: Path, extra: dict | None = None) -> dict:
+    """Metrics of ``predicted`` (None = failed item) against ``data``; writes metrics.json and report.md."""
+    metrics, _ = score_predictions(data, labels, multi_label, predicted, confidence)
+    n_ok = sum(p is not None for p in predicted)
     report = {"classifier": name, "data": data.source, "labels": labels, "multi_label": multi_label,
-              "n_texts": len(predicted), "n_failed": len(predicted) - len(ok), "seconds": round(seconds, 2),
+              "n_texts": len(predicted), "n_failed": len(predicted) - n_ok, "seconds": round(seconds, 2),
               "texts_per_second": round(len(predicted) / seconds, 1) if seconds else None, **(extra or {}), **metrics}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -97,7 +105,7 @@ def evaluate_llm(settings, *, llm: str, data: LabelledData, out_dir: Path, show_
         confidence.append(float(decision.confidence[0]))
     methods = {m: sum(s.method == m for s in scores) for m in ("logprobs", "vote", "failed")}
     extra = {"llm": choose_llm(settings, llm).spec.name, "llm_methods": methods,
-             "llm_cost_usd": round(sum(s.cost_usd for s in scores), 6),
+             "llm_cost_usd": round(sum(s.spent_usd for s in scores), 6),
              "llm_tokens_in": sum(s.tokens_in for s in scores), "llm_tokens_out": sum(s.tokens_out for s in scores)}
     return write_report(name=f"llm {extra['llm']}", data=data, labels=labels, multi_label=data.multi_label,
                         predicted=predicted, confidence=confidence, seconds=time.perf_counter() - started,

@@ -25,8 +25,8 @@ from shared.db.jobs import (
     store_predictions,
 )
 from shared.db.models import Classifier, Job, utcnow
-from shared.encoders.hf import HFEncoder, get_encoder
-from shared.encoders.spec import EncoderSpec
+from shared.encoders.hf import encode_features
+from shared.encoders.spec import features_key, specs_from_dict
 from shared.errors import ArtifactError, ConfigError, EncoderError, JobNotFound
 from shared.fusion.artifact import get_artifact
 from shared.fusion.predict import decide_from_probabilities
@@ -51,43 +51,52 @@ def _job_classifier(session, job_id: str) -> tuple[Job, Classifier | None]:
     return row[0], row[1]
 
 
+def _claim(settings: Settings, job_id: str, item_ids: list[int]):
+    """(job, classifier or None, the pending items among ``item_ids`` now leased to this task)."""
+    with session_for(settings.effective_database_url) as session, session.begin():
+        job, classifier = _job_classifier(session, job_id)
+        claimed = claim_pending(session=session, item_ids=item_ids, lease_seconds=settings.item_lease_seconds)
+    return job, classifier, claimed
+
+
 def embed_stage(settings: Settings, *, job_id: str, item_ids: list[int]) -> list[int]:
     """Encode the pending items among ``item_ids``; returns the ids that now have features."""
     url = settings.effective_database_url
-    with session_for(url) as session, session.begin():
-        _, classifier = _job_classifier(session, job_id)
-        claimed = claim_pending(session=session, item_ids=item_ids, lease_seconds=settings.item_lease_seconds)
+    _, classifier, claimed = _claim(settings, job_id, item_ids)
     if not claimed:
         return []
-    spec = EncoderSpec.from_dict(classifier.encoder_spec)
+    specs = specs_from_dict(classifier.encoder_spec)
     try:
-        encoder = get_encoder(spec, device=settings.device)
-        vectors, errors = _encode_isolating_failures(encoder, claimed, settings)
+        vectors, errors = _encode_isolating_failures(specs, claimed, settings)
     except EncoderError as exc:  # the encoder itself cannot load: retrying the same message cannot help
         vectors, errors = {}, {item.id: str(exc) for item in claimed}
     with session_for(url) as session, session.begin():
         if vectors:
-            store_features(session=session, encoder_key=spec.key, vectors=vectors, dim=encoder.dim)
+            dim = len(next(iter(vectors.values()))) // np.dtype(np.float32).itemsize
+            store_features(session=session, encoder_key=features_key(specs), vectors=vectors, dim=dim)
         if errors:
             mark_failed(session=session, errors=errors)
             refresh_job(session=session, job_id=uuid.UUID(job_id))
     return sorted(vectors)
 
 
-def _encode_isolating_failures(encoder: HFEncoder, claimed, settings: Settings) -> tuple[dict[int, bytes], dict[int, str]]:
+def _encode_isolating_failures(specs, claimed, settings: Settings) -> tuple[dict[int, bytes], dict[int, str]]:
     """Encode all texts in one call; only if that fails, one by one, so a bad text fails alone."""
     texts = [item.text for item in claimed]
+    options = {"device": settings.device, "max_tokens": settings.embed_max_tokens, "max_batch": settings.embed_max_batch}
     try:
-        features = encoder.encode(texts, max_tokens=settings.embed_max_tokens, max_batch=settings.embed_max_batch)
+        features = encode_features(specs, texts, **options)
         return {item.id: features[i].tobytes() for i, item in enumerate(claimed)}, {}
+    except EncoderError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any failure of the batch: isolate the culprit below
         log.warning("batch of %d texts failed to encode (%s); retrying one by one", len(texts), exc)
     vectors, errors = {}, {}
     for item in claimed:
         try:
-            vectors[item.id] = encoder.encode([item.text])[0].tobytes()
+            vectors[item.id] = encode_features(specs, [item.text], **options)[0].tobytes()
         except Exception as exc:  # noqa: BLE001 - recorded on the item, never raised past it
-            errors[item.id] = f"encoder {encoder.spec.model!r} failed on this text: {type(exc).__name__}: {exc}"
+            errors[item.id] = f"encoder failed on this text: {type(exc).__name__}: {exc}"
     return vectors, errors
 
 
@@ -103,9 +112,7 @@ def llm_stage(settings: Settings, *, job_id: str, item_ids: list[int], source: s
     returns the ids that now have scores.
     """
     url = settings.effective_database_url
-    with session_for(url) as session, session.begin():
-        job, _ = _job_classifier(session, job_id)
-        claimed = claim_pending(session=session, item_ids=item_ids, lease_seconds=settings.item_lease_seconds)
+    job, _, claimed = _claim(settings, job_id, item_ids)
     if not claimed:
         return []
     labels, multi_label = job_label_set(job)
@@ -139,8 +146,8 @@ def fusion_stage(settings: Settings, *, job_id: str, item_ids: list[int]) -> int
 
 def _classifier_predictions(session, classifier: Classifier, item_ids: list[int]) -> int:
     """Predictions of the classifier's fusion network from the stored encoder features."""
-    spec = EncoderSpec.from_dict(classifier.encoder_spec)
-    inputs = load_fusion_inputs(session=session, item_ids=item_ids, encoder_key=spec.key)
+    inputs = load_fusion_inputs(session=session, item_ids=item_ids,
+                                encoder_key=features_key(specs_from_dict(classifier.encoder_spec)))
     if not inputs:
         return 0
     try:

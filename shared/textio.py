@@ -9,7 +9,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.errors import DataFileError
+from shared.errors import DataFileError, InputError, UnknownLabelError
 
 LABEL_SEPARATOR = "|"
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # texts of several MB are legal CSV fields
@@ -41,6 +41,11 @@ def text_problem(text: object, *, max_chars: int) -> str | None:
     if len(text) > max_chars:
         return f"text has {len(text):,} characters, above the limit of {max_chars:,} (FUSIONQ_MAX_TEXT_CHARS): split it or raise the limit"
     return None
+
+
+def text_problems(texts, *, max_chars: int) -> list[tuple[int, str]]:
+    """(position, reason) of every text of ``texts`` that cannot be classified."""
+    return [(i, p) for i, t in enumerate(texts) if (p := text_problem(t, max_chars=max_chars))]
 
 
 def _decode(path: Path) -> str:
@@ -110,3 +115,28 @@ def read_labelled(path: str | Path) -> LabelledData:
         texts.append(row["text"] or "")
         labels.append(sorted(set(names)))
     return LabelledData(texts=texts, labels=labels, multi_label=multi, source=str(path))
+
+
+def check_training_data(data: LabelledData, *, max_chars: int) -> None:
+    """Refuse data a classifier cannot be trained on, naming the rows."""
+    bad = text_problems(data.texts, max_chars=max_chars)
+    if bad:
+        shown = "; ".join(f"data row {i + 1}: {problem}" for i, problem in bad[:5])
+        raise InputError(f"{data.source}: {len(bad)} unusable text(s) ({shown}). Remove or fix them.")
+    names = data.label_names()
+    if len(names) < 2 and not data.multi_label:
+        raise InputError(f"{data.source}: only one label ({names[0]!r}); a classifier needs at least two")
+
+
+def check_known_labels(data: LabelledData, labels: list[str]) -> None:
+    """Raise :class:`UnknownLabelError` naming labels of ``data`` outside ``labels`` and where they occur."""
+    known = set(labels)
+    unknown: dict[str, list[int]] = {}
+    for row, names in enumerate(data.labels, start=1):
+        for name in names:
+            if name not in known:
+                unknown.setdefault(name, []).append(row)
+    if unknown:
+        detail = "; ".join(f"{name!r} (data rows {', '.join(map(str, rows[:5]))}{'...' if len(rows) > 5 else ''})"
+                           for name, rows in sorted(unknown.items()))
+        raise UnknownLabelError(f"{data.source}: label(s) the classifier does not know: {detail}. Known: {', '.join(labels)}")

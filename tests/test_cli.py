@@ -29,7 +29,8 @@ def test_train_classify_evaluate_round_trip(home, topic_csvs, tiny_bert_path, ca
     assert rows[1]["error"] == "empty or whitespace-only text"
     assert set(rows[0]) >= {"labels", "confidence", "p_sports", "p_business", "p_science"}
 
-    assert main(["-q", "evaluate", "--classifier", "topics@1", "--data", str(test_csv), "--out-dir", "ev"]) == 0
+    assert main(["-q", "evaluate", "--classifier", "topics@1", "--data", str(test_csv), "--out-dir", "ev",
+                 "--through-service"]) == 0
     report = json.loads((home / "ev" / "metrics.json").read_text())
     assert report["n_texts"] == 30 and 0 <= report["ece"] <= 1
     assert [r["coverage"] for r in report["coverage_accuracy"]] == [0.5, 0.7, 0.9, 1.0]
@@ -77,9 +78,10 @@ def test_multi_label_data_trains_and_evaluates_with_micro_f1(home, tiny_bert_pat
     data = write_csv(home / "multi.csv", ["text", "labels"], rows)
     assert main(["-q", "train", "--data", str(data), "--name", "multi", "--encoder", tiny_bert_path]) == 0
     assert main(["-q", "evaluate", "--classifier", "multi", "--data", str(data), "--out-dir", "mev"]) == 0
-    report = json.loads((home / "mev" / "metrics.json").read_text())
-    assert report["multi_label"] and 0 <= report["micro_f1"] <= 1 and "confusion" not in report
-    assert set(report["per_class"]) == {"business", "news", "science", "sports"}
+    report = json.loads((home / "mev" / "comparison.json").read_text())
+    assert report["multi_label"] and set(report["modes"]) == {"fast"}  # no LLM source: fast mode only
+    assert 0 <= report["modes"]["fast"]["micro_f1"] <= 1
+    assert report["labels"] == ["business", "news", "science", "sports"]
 
 
 def test_score_and_llm_stats_and_llm_alone_evaluation(home, capsys):

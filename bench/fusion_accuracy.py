@@ -1,0 +1,200 @@
+"""Accuracy of layer-aware fusion and fine-tuning on the team's benchmark data (issue 4).
+
+For each data set: the AutoFusionClassifier's automatic choice (layers + fusion operator picked
+on validation), every single layer (linear probe), the best single layer, multi-layer fusion of
+the three best layers with each operator, and a fine-tuned backbone; fit time and peak memory.
+Selections use the validation split only; test numbers are computed once per configuration.
+
+    python bench/fusion_accuracy.py --data-dir ../shared/data --out bench-results/fusion.json
+
+AG News follows the seeds' protocol: a balanced 4,000-text sample (1,000 per class, seed 0),
+evaluated on the full 7,600-text test split; ``ag_news-full`` uses all 18,615 training rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from shared.autofusion import AutoFusionClassifier  # noqa: E402
+from shared.encoders.finetune import FinetuneConfig  # noqa: E402
+from shared.encoders.hf import get_encoder  # noqa: E402
+from shared.encoders.spec import EncoderSpec  # noqa: E402
+from shared.fusion.operators import OPERATORS  # noqa: E402
+from shared.fusion.predict import decide  # noqa: E402
+from shared.fusion.training import (  # noqa: E402
+    DEFAULT_CANDIDATES, Candidate, TrainingConfig, encode_targets, split_train_validation, train_fusion,
+)
+from shared.metrics import evaluate_predictions  # noqa: E402
+from shared.settings import Settings  # noqa: E402
+from shared.textio import LabelledData, read_labelled  # noqa: E402
+
+DATASETS = {
+    "ag_news-4k": ("ag_news/train.csv", "ag_news/test.csv", None, 1000),
+    "ag_news-full": ("ag_news/train.csv", "ag_news/test.csv", None, None),
+    "r8": ("r8/train.csv", "r8/test.csv", None, None),
+    "r52": ("r52/train.csv", "r52/test.csv", None, None),
+    "mr": ("mr/train.csv", "mr/test.csv", None, None),
+    "sst2": ("sst2/train.csv", "sst2/test.csv", "sst2/dev.csv", None),
+    "reuters10": ("reuters10_modapte/train.csv", "reuters10_modapte/test.csv", None, None),
+}
+
+
+def balanced_sample(data: LabelledData, per_class: int, *, seed: int = 0) -> LabelledData:
+    """``per_class`` rows of each class (by first label), drawn with a fixed seed."""
+    rng = np.random.default_rng(seed)
+    first = np.array([labels[0] for labels in data.labels])
+    keep = np.sort(np.concatenate([rng.choice(np.flatnonzero(first == c), size=per_class, replace=False)
+                                   for c in np.unique(first)]))
+    return replace(data, texts=[data.texts[i] for i in keep], labels=[data.labels[i] for i in keep],
+                   source=f"{data.source} ({per_class} per class, seed {seed})")
+
+
+def subset(data: LabelledData, index: np.ndarray, source: str) -> LabelledData:
+    return replace(data, texts=[data.texts[i] for i in index], labels=[data.labels[i] for i in index], source=source)
+
+
+def metrics_of(probabilities_logits: np.ndarray, temperature: float, thresholds, test: LabelledData,
+               labels: list[str], multi_label: bool) -> dict:
+    decision = decide(probabilities_logits / temperature, multi_label=multi_label, threshold=thresholds or 0.5)
+    return score(decision, test, labels, multi_label)
+
+
+def score(decision, test: LabelledData, labels: list[str], multi_label: bool) -> dict:
+    index = {n: i for i, n in enumerate(labels)}
+    true = np.zeros((len(test.texts), len(labels)), dtype=bool)
+    for row, names in enumerate(test.labels):
+        true[row, [index[n] for n in names if n in index]] = True
+    m = evaluate_predictions(true, decision.label_matrix.astype(bool), decision.confidence, labels,
+                             multi_label=multi_label)
+    out = {"accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4), "ece": round(m["ece"], 4)}
+    if multi_label:
+        out["micro_f1"] = round(m["micro_f1"], 4)
+    return out
+
+
+def peak_memory() -> dict:
+    out = {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            out["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+            torch.cuda.reset_peak_memory_stats()
+    except ImportError:
+        pass
+    return out
+
+
+def fit_and_test(name, train, dev, test, *, encoder, settings, finetune=None, training=TrainingConfig()):
+    started = time.perf_counter()
+    clf = AutoFusionClassifier(encoders=[encoder], layers="auto", fusion="auto", finetune=finetune,
+                               training=training, settings=settings).fit(train, dev)
+    fit_s = time.perf_counter() - started
+    batch = clf.predict_batch(test.texts)
+    labels, multi = clf.artifact_.labels, clf.artifact_.multi_label
+    row = {"run": name, "fit_seconds": round(fit_s, 1), **peak_memory(), "chosen": clf.report_["chosen"],
+           "test": score(batch.decision, test, labels, multi), "validation": clf.report_["validation"],
+           "report": clf.report_}
+    print(f"  {name}: {row['test']} in {fit_s:.0f}s, chosen {row['chosen']}", flush=True)
+    return clf, row
+
+
+def layer_table(clf: AutoFusionClassifier, train, dev, test, *, settings, training) -> dict:
+    """Test scores of each single layer, the best one, and the 3 best layers fused by each operator."""
+    labels, multi = clf.artifact_.labels, clf.artifact_.multi_label
+    base = clf.artifact_.encoders[0]
+    encoder = get_encoder(replace(base, layers=(-1,)), device=settings.device)
+    reader = encoder.with_layers(encoder.layer_indices())
+    h = encoder.hidden_size
+    opts = {"max_tokens": settings.embed_max_tokens, "max_batch": settings.embed_max_batch}
+    feats = [reader.encode(d.texts, **opts) for d in (train, dev, test)]
+    per_layer = lambda part, layer: feats[part][:, (layer - 1) * h: layer * h]  # noqa: E731
+    y_tr = encode_targets(train.labels, labels, multi_label=multi)
+    y_va = encode_targets(dev.labels, labels, multi_label=multi)
+    val_rows = {r["layer"]: r for r in clf.report_["layers"][0]["rows"]}
+    table = {"layers": [], "operators": []}
+
+    def fit_eval(blocks, candidates):
+        x = [np.concatenate([per_layer(p, l) for l in blocks], axis=1) for p in range(3)]
+        trained = train_fusion(x[0], y_tr, labels=labels, multi_label=multi, block_dims=(h,) * len(blocks),
+                               candidates=candidates, config=training, validation=(x[1], y_va))
+        with __import__("torch").no_grad():
+            logits = trained.model(__import__("torch").from_numpy(x[2])).numpy()
+        return trained, metrics_of(logits, trained.temperatures["encoder"], trained.label_thresholds, test, labels, multi)
+
+    for layer in encoder.layer_indices():
+        _, m = fit_eval([layer], (Candidate(hidden=0),))
+        table["layers"].append({"layer": layer, "val_score": val_rows[layer]["val_score"], **m})
+    ranked = sorted(val_rows, key=lambda l: (val_rows[l]["val_score"], -val_rows[l]["val_loss"], l), reverse=True)
+    trained, m = fit_eval([ranked[0]], DEFAULT_CANDIDATES)
+    table["best_single_layer"] = {"layer": ranked[0], "val_score": max(c["val_score"] for c in trained.candidates), **m}
+    top = ranked[:3]
+    for op in OPERATORS:
+        candidates = DEFAULT_CANDIDATES if op == "concat" else (Candidate(op, 256, 0),)
+        trained, m = fit_eval(top, candidates)
+        table["operators"].append({"operator": op, "layers": top,
+                                   "val_score": max(c["val_score"] for c in trained.candidates), **m})
+    return table
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", default="../shared/data")
+    parser.add_argument("--datasets", default=",".join(DATASETS))
+    parser.add_argument("--encoder", default="sentence-transformers/all-MiniLM-L6-v2")
+    parser.add_argument("--variants", default="frozen,finetuned", help="frozen and/or finetuned")
+    parser.add_argument("--finetune-epochs", type=int, default=4)
+    parser.add_argument("--finetune-lr", type=float, default=1e-4)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--out", default="bench-results/fusion_accuracy.json")
+    args = parser.parse_args()
+    settings = Settings(home=Path(os.environ.get("FUSIONQ_HOME", "/tmp/fusionq-bench")), device=args.device)
+    training = TrainingConfig()
+    encoder = EncoderSpec(model=args.encoder, max_length=args.max_length)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    results = json.loads(out.read_text()) if out.exists() else {}
+    data_dir = Path(args.data_dir)
+    for name in args.datasets.split(","):
+        train_file, test_file, dev_file, per_class = DATASETS[name]
+        train, test = read_labelled(data_dir / train_file), read_labelled(data_dir / test_file)
+        if per_class:
+            train = balanced_sample(train, per_class)
+        if dev_file:
+            dev = read_labelled(data_dir / dev_file)
+        else:  # the same stratified split AutoFusionClassifier would carve, made here so the tables can reuse it
+            labels = train.label_names()
+            targets = encode_targets(train.labels, labels, multi_label=train.multi_label)
+            tr, va = split_train_validation(targets, val_fraction=training.val_fraction, seed=training.seed)
+            train, dev = subset(train, tr, f"{train.source} train part"), subset(train, va, f"{train.source} validation")
+        print(f"{name}: {len(train.texts)} train / {len(dev.texts)} validation / {len(test.texts)} test", flush=True)
+        entry = results.get(name, {})
+        entry["sizes"] = {"train": len(train.texts), "validation": len(dev.texts), "test": len(test.texts)}
+        if "frozen" in args.variants:
+            clf, entry["frozen"] = fit_and_test(f"{name} frozen", train, dev, test, encoder=encoder,
+                                                settings=settings, training=training)
+            entry["frozen"]["table"] = layer_table(clf, train, dev, test, settings=settings, training=training)
+        if "finetuned" in args.variants:
+            ft = FinetuneConfig(method="full", epochs=args.finetune_epochs, learning_rate=args.finetune_lr)
+            _, entry["finetuned"] = fit_and_test(f"{name} fine-tuned", train, dev, test, encoder=encoder,
+                                                 settings=settings, finetune=ft, training=training)
+        results[name] = entry
+        out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
