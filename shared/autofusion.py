@@ -40,14 +40,13 @@ from shared.fusion.training import (
     train_fusion,
 )
 from shared.progress import progress_bar
-from shared.settings import Settings, get_settings
+from shared.serving import WORKER_SOURCES
+from shared.settings import DEFAULT_ENCODER, Settings, get_settings
 from shared.textio import LabelledData, check_known_labels, check_training_data, read_labelled, text_problems
 
 log = logging.getLogger(__name__)
 
-DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 MODES = ("fast", "full", "auto")
-WORKER_SOURCES = ("local", "api")
 DECODER_TYPES = ("llama", "qwen2", "qwen3", "mistral", "mixtral", "gemma", "gemma2", "gemma3", "phi", "phi3",
                  "falcon", "gpt2", "gpt_neox", "opt", "olmo", "granite")
 
@@ -508,7 +507,7 @@ class AutoFusionClassifier:
             row = publish_classifier(session=session, row=Classifier(
                 name=name, version=version, labels=artifact.labels, multi_label=artifact.multi_label,
                 encoder_spec=specs_to_dict(stored.encoders), artifact_uri=str(directory), artifact_sha256=sha,
-                metrics=artifact.metrics))
+                metrics={**artifact.metrics, "serving": serving_info(artifact)}))
         log.info("published classifier %s@%d (%s)", name, version, directory)
         return row
 
@@ -548,3 +547,10 @@ def _merge(base: Decision, update: Decision, rows: np.ndarray) -> Decision:
     probabilities[rows], labels[rows], confidence[rows] = update.probabilities, update.label_matrix, update.confidence
     return Decision(probabilities=probabilities, label_matrix=labels, confidence=confidence)
 
+
+def serving_info(artifact: ClassifierArtifact) -> dict:
+    """What the service needs to plan a job without opening the artifact: the LLM sources the
+    fusion network takes, the calibrated escalation threshold and the cost of one escalation."""
+    escalation = artifact.escalation or {}
+    return {"llm_sources": list(artifact.llm_sources), "escalation_threshold": escalation.get("threshold"),
+            "llm_cost_per_text_usd": escalation.get("llm_cost_per_text_usd")}

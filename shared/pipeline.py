@@ -1,7 +1,9 @@
-"""The two stages of the fast path, as plain functions the Celery tasks call.
+"""The stages of the service, as plain functions the Celery tasks call: embed, LLM, aggregate.
 
 Each stage reads ids from Postgres, does its work in bulk, and writes idempotently: running a
-stage twice on the same ids changes nothing the second time.
+stage twice on the same ids changes nothing the second time. The aggregator applies the serving
+policy (``shared.serving``): it fuses whatever signals an item has, and either finishes it or
+sends it one tier up.
 """
 
 from __future__ import annotations
@@ -9,32 +11,38 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
+from dataclasses import dataclass, field
 
 import numpy as np
 import sqlalchemy as sa
 
 from shared.db.engine import session_for
 from shared.db.jobs import (
+    AggregationInput,
+    add_requests,
     claim_pending,
-    mark_scored,
-    scored_items,
-    load_fusion_inputs,
+    claim_requests,
+    llm_usage_by_source,
+    load_aggregation_inputs,
+    lock_job,
     mark_failed,
     refresh_job,
+    request_row,
     store_features,
     store_predictions,
+    store_request_results,
 )
 from shared.db.models import Classifier, Job, utcnow
 from shared.encoders.hf import encode_features
 from shared.encoders.spec import features_key, specs_from_dict
-from shared.errors import ArtifactError, ConfigError, EncoderError, JobNotFound
-from shared.fusion.artifact import get_artifact
-from shared.fusion.predict import decide_from_probabilities
-from shared.llm import cache as llm_cache
-from shared.llm.prompts import LabelSet, cache_key
+from shared.errors import ArtifactError, CircuitOpen, ConfigError, EncoderError, JobNotFound
+from shared.fusion.artifact import ClassifierArtifact, get_artifact
+from shared.fusion.predict import Decision, decide_from_probabilities
+from shared.llm.prompts import LabelSet
 from shared.llm.result import TextScore
 from shared.llm.scoring import score_with_cache
-from shared.llm.sources import get_scorer, source_spec
+from shared.llm.sources import get_scorer, source_breaker, source_spec
+from shared.serving import Budget, BudgetLedger, Tier, missing_flag, plan_escalation
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,11 +59,16 @@ def _job_classifier(session, job_id: str) -> tuple[Job, Classifier | None]:
     return row[0], row[1]
 
 
-def _claim(settings: Settings, job_id: str, item_ids: list[int]):
-    """(job, classifier or None, the pending items among ``item_ids`` now leased to this task)."""
+def _claim(settings: Settings, job_id: str, item_ids: list[int], source: str | None = None):
+    """(job, classifier or None, the items among ``item_ids`` now leased to this task): pending
+    items for the encoder, or items with a queued request for the ``source`` LLM."""
     with session_for(settings.effective_database_url) as session, session.begin():
         job, classifier = _job_classifier(session, job_id)
-        claimed = claim_pending(session=session, item_ids=item_ids, lease_seconds=settings.item_lease_seconds)
+        if source is None:
+            claimed = claim_pending(session=session, item_ids=item_ids, lease_seconds=settings.item_lease_seconds)
+        else:
+            claimed = claim_requests(session=session, item_ids=item_ids, source=source,
+                                     lease_seconds=settings.item_lease_seconds)
     return job, classifier, claimed
 
 
@@ -73,7 +86,8 @@ def embed_stage(settings: Settings, *, job_id: str, item_ids: list[int]) -> list
     with session_for(url) as session, session.begin():
         if vectors:
             dim = len(next(iter(vectors.values()))) // np.dtype(np.float32).itemsize
-            store_features(session=session, encoder_key=features_key(specs), vectors=vectors, dim=dim)
+            store_features(session=session, encoder_key=features_key(specs), vectors=vectors, dim=dim,
+                           lease_seconds=settings.item_lease_seconds)
         if errors:
             mark_failed(session=session, errors=errors)
             refresh_job(session=session, job_id=uuid.UUID(job_id))
@@ -100,69 +114,204 @@ def _encode_isolating_failures(specs, claimed, settings: Settings) -> tuple[dict
     return vectors, errors
 
 
-def job_label_set(job: Job) -> tuple[LabelSet, bool]:
-    """The label set and single/multi-label flag of an LLM-only job."""
+def job_label_set(job: Job, classifier: Classifier | None = None) -> tuple[LabelSet, bool]:
+    """The label set and single/multi-label flag the LLM is asked about: the classifier's, or the
+    LLM-only job's own."""
+    if classifier is not None:
+        return LabelSet(names=tuple(classifier.labels)), bool(classifier.multi_label)
     return LabelSet(names=tuple(job.labels["names"]), descriptions=tuple(job.labels.get("descriptions") or ())), bool(job.multi_label)
 
 
 def llm_stage(settings: Settings, *, job_id: str, item_ids: list[int], source: str) -> list[int]:
-    """Score the pending items of an LLM-only job with the ``source`` LLM, through the cache.
+    """Answer the queued ``source`` requests of the items among ``item_ids``, through the cache.
 
-    An item whose answer failed (after the scorer's own retries) is marked failed with the reason;
-    returns the ids that now have scores.
+    A failed answer (after the scorer's own retries, or with the breaker open) is recorded on the
+    request: the signal is then missing and the aggregator finishes the item without it. Returns
+    the ids whose request is now answered either way, for the aggregator.
     """
     url = settings.effective_database_url
-    job, _, claimed = _claim(settings, job_id, item_ids)
+    job, classifier, claimed = _claim(settings, job_id, item_ids, source=source)
     if not claimed:
         return []
-    labels, multi_label = job_label_set(job)
+    labels, multi_label = job_label_set(job, classifier)
     try:
         scorer = get_scorer(source_spec(settings, source), settings, source=source)
         scores = score_with_cache(database_url=url, scorer=scorer, labels=labels, multi_label=multi_label,
                                   texts=[c.text for c in claimed], batch_size=len(claimed))
     except (EncoderError, ConfigError) as exc:  # the LLM cannot be built here: no retry can help
         scores = [TextScore.failed(str(exc))] * len(claimed)
-    ok = [c.id for c, s in zip(claimed, scores) if s.method != "failed"]
     with session_for(url) as session, session.begin():
-        mark_scored(session=session, item_ids=ok)
-        failed = {c.id: s.error or "LLM answer failed" for c, s in zip(claimed, scores) if s.method == "failed"}
-        if failed:
-            mark_failed(session=session, errors=failed)
-            refresh_job(session=session, job_id=uuid.UUID(job_id))
-    return ok
+        store_request_results(session=session, source=source, results={c.id: s for c, s in zip(claimed, scores)})
+    return [c.id for c in claimed]
 
 
-def fusion_stage(settings: Settings, *, job_id: str, item_ids: list[int]) -> int:
-    """Final predictions for the items among ``item_ids`` whose signals are in; returns how many were written."""
+@dataclass
+class AggregateOutcome:
+    """What one aggregator run did: predictions written, and items to send up a tier (source -> ids)."""
+
+    written: int = 0
+    escalate: dict[str, list[int]] = field(default_factory=dict)
+
+
+def fusion_stage(settings: Settings, *, job_id: str, item_ids: list[int]) -> AggregateOutcome:
+    """Fuse the signals of the items among ``item_ids`` that are not waiting for anything, then
+    finish each one or send it one tier up. Runs under the job's row lock, so budget checks and
+    the job's completion see every other aggregator's work."""
     with session_for(settings.effective_database_url) as session, session.begin():
         job, classifier = _job_classifier(session, job_id)
-        if classifier is None:
-            written = _llm_predictions(settings, session, job, item_ids)
-        else:
-            written = _classifier_predictions(session, classifier, item_ids)
+        lock_job(session=session, job_id=job.id)
+        session.refresh(job)
+        outcome = _aggregate(settings, session, job, classifier, item_ids)
         refresh_job(session=session, job_id=job.id)
-    return written
+    return outcome
 
 
-def _classifier_predictions(session, classifier: Classifier, item_ids: list[int]) -> int:
-    """Predictions of the classifier's fusion network from the stored encoder features."""
-    inputs = load_fusion_inputs(session=session, item_ids=item_ids,
-                                encoder_key=features_key(specs_from_dict(classifier.encoder_spec)))
-    if not inputs:
-        return 0
-    try:
-        artifact = get_artifact(classifier.artifact_uri, classifier.artifact_sha256)
-    except ArtifactError as exc:
-        mark_failed(session=session, errors={i.item_id: str(exc) for i in inputs})
-        return 0
-    features = np.stack([np.frombuffer(i.vector, dtype=np.float32, count=i.dim) for i in inputs])
-    rows = _prediction_rows(artifact.decide(features), artifact.labels,
-                            [(i.item_id, i.job_created_at) for i in inputs], [[ENCODER_SIGNAL]] * len(inputs))
-    store_predictions(session=session, rows=rows)
-    return len(rows)
+def _aggregate(settings: Settings, session, job: Job, classifier: Classifier | None, item_ids: list[int]) -> AggregateOutcome:
+    key = features_key(specs_from_dict(classifier.encoder_spec)) if classifier else None
+    ready = [i for i in load_aggregation_inputs(session=session, item_ids=item_ids, encoder_key=key) if not i.waiting]
+    modes = {i.item_id: i.mode or job.mode for i in ready}
+    llm_alone = [i for i in ready if modes[i.item_id] == "llm"]
+    fused = [i for i in ready if modes[i.item_id] != "llm" and i.vector is not None]
+    outcome = AggregateOutcome()
+    rows = _llm_alone_rows(session, job, classifier, llm_alone)
+    if fused:
+        try:
+            artifact = get_artifact(classifier.artifact_uri, classifier.artifact_sha256)
+        except ArtifactError as exc:
+            mark_failed(session=session, errors={i.item_id: str(exc) for i in fused})
+            fused = []
+    if fused:
+        decision = _fuse(artifact, fused)
+        tiers = [Tier(t["source"], t["threshold"]) for t in job.tiers or []]
+        plans = _plan_auto_items(settings, session, job, artifact, tiers, fused, decision, modes)
+        keep = []
+        for row, item in enumerate(fused):
+            plan = plans.get(item.item_id)
+            if plan is not None and plan.ask is not None:
+                outcome.escalate.setdefault(plan.ask.source, []).append(item.item_id)
+                continue
+            flags = [missing_flag(r.source) for r in item.requests.values() if r.status in ("failed", "skipped")]
+            flags += [f for f in (plan.flags if plan else ()) if f not in flags]
+            keep.append((row, item, flags))
+        if keep:
+            rows += _prediction_rows(
+                _take(decision, [row for row, _, _ in keep]), artifact.labels,
+                [(item.item_id, item.job_created_at) for _, item, _ in keep],
+                [_signals(item) for _, item, _ in keep], [flags for _, _, flags in keep])
+    if rows:
+        store_predictions(session=session, rows=rows)
+    outcome.written = len(rows)
+    return outcome
 
 
-def _prediction_rows(decision, label_names, items: list[tuple[int, dt.datetime]], signals: list[list[str]]) -> list[dict]:
+def _fuse(artifact: ClassifierArtifact, items: list[AggregationInput]) -> Decision:
+    """One batched decision of the fusion network over each item's features and present LLM scores."""
+    features = np.stack([np.frombuffer(i.vector, dtype=np.float32, count=i.dim) for i in items])
+    sources = artifact.llm_sources
+    if not sources:
+        return artifact.decide(features)
+    scores = np.zeros((len(items), len(sources), len(artifact.labels)), dtype=np.float32)
+    mask = np.zeros((len(items), len(sources)), dtype=np.float32)
+    for row, item in enumerate(items):
+        for s, source in enumerate(sources):
+            request = item.requests.get(source)
+            if request is not None and request.status == "done":
+                scores[row, s], mask[row, s] = request.scores, 1.0
+    return artifact.decide(features, scores, mask)
+
+
+def _take(decision: Decision, rows: list[int]) -> Decision:
+    return Decision(probabilities=decision.probabilities[rows], label_matrix=decision.label_matrix[rows],
+                    confidence=decision.confidence[rows])
+
+
+def _signals(item: AggregationInput) -> list[str]:
+    signals = [ENCODER_SIGNAL] if item.vector is not None else []
+    return signals + [f"llm:{r.source}:{r.method}" for r in sorted(item.requests.values(), key=lambda r: r.tier)
+                      if r.status == "done"]
+
+
+def _plan_auto_items(settings: Settings, session, job: Job, artifact: ClassifierArtifact, tiers: list[Tier],
+                     items: list[AggregationInput], decision: Decision, modes: dict[int, str]) -> dict:
+    """Plans for the auto items; records skipped tiers and admitted escalations (guarded by the
+    unique (item, source) key, so each happens at most once)."""
+    auto = [(row, i) for row, i in enumerate(items) if modes[i.item_id] == "auto"]
+    if not auto or not tiers:
+        return {}
+    ledger = _budget_ledger(session, job, artifact)
+    unavailable = _unavailable_sources(settings, tiers)
+    now = utcnow()
+    lease = now + dt.timedelta(seconds=settings.item_lease_seconds)
+    tier_index = {t.source: n for n, t in enumerate(tiers)}
+    plans, new_rows, first_escalations = {}, [], 0
+    for row, item in auto:
+        climbed = set(item.requests)
+        escalated_before = any(r.status != "skipped" for r in item.requests.values())
+        plan = plan_escalation(float(decision.confidence[row]), tiers, climbed=climbed,
+                               escalated_before=escalated_before, unavailable=unavailable, ledger=ledger)
+        for source, reason in plan.skipped.items():
+            new_rows.append(request_row(job_id=job.id, item_id=item.item_id, tier=tier_index[source], source=source,
+                                        reason="escalation", lease_until=None, now=now, status="skipped",
+                                        error=f"tier {source} skipped: {reason}"))
+        if plan.ask is not None:
+            new_rows.append(request_row(job_id=job.id, item_id=item.item_id, tier=tier_index[plan.ask.source],
+                                        source=plan.ask.source, reason="escalation", lease_until=lease, now=now))
+            first_escalations += int(not escalated_before)
+        plans[item.item_id] = plan
+    added = add_requests(session=session, rows=new_rows)
+    for item_id, plan in list(plans.items()):
+        if plan.ask is not None and item_id not in added:  # another aggregator escalated it first
+            plans[item_id] = None
+    job.n_escalated += first_escalations
+    return plans
+
+
+def _budget_ledger(session, job: Job, artifact: ClassifierArtifact) -> BudgetLedger | None:
+    budget = Budget(items=job.budget_items, usd=job.budget_usd)
+    if budget.unlimited:
+        return None
+    usage = llm_usage_by_source(session=session, job_id=job.id)
+    prior = float((artifact.escalation or {}).get("llm_cost_per_text_usd") or 0.0)
+    estimate = {source: (u["cost_usd"] / u["done"] if u["done"] else prior) for source, u in usage.items()}
+    for tier in job.tiers or []:
+        estimate.setdefault(tier["source"], prior)
+    return BudgetLedger(budget=budget, items_escalated=job.n_escalated,
+                        spent_usd=sum(u["cost_usd"] for u in usage.values()),
+                        in_flight_usd=sum(u["queued"] * estimate[s] for s, u in usage.items()), cost_estimate=estimate)
+
+
+def _unavailable_sources(settings: Settings, tiers: list[Tier]) -> dict[str, str]:
+    """Tiers that are down now (breaker open) or not configured on this worker, with the reason."""
+    down = {}
+    for tier in tiers:
+        try:
+            breaker = source_breaker(settings, tier.source)
+            if breaker is not None:
+                breaker.check()
+        except (CircuitOpen, ConfigError) as exc:
+            down[tier.source] = str(exc)
+    return down
+
+
+def _llm_alone_rows(session, job: Job, classifier: Classifier | None, items: list[AggregationInput]) -> list[dict]:
+    """Prediction rows of items answered by the LLM alone (mode ``llm``): its own probabilities."""
+    if not items:
+        return []
+    labels, multi_label = job_label_set(job, classifier)
+    answered = [(i, r) for i in items for r in i.requests.values() if r.status == "done"]
+    failed = {i.item_id: next((r.error for r in i.requests.values()), None) or "no LLM answer" for i in items
+              if not any(r.status == "done" for r in i.requests.values())}
+    if failed:
+        mark_failed(session=session, errors=failed)
+    if not answered:
+        return []
+    decision = decide_from_probabilities(np.array([r.scores for _, r in answered], dtype=np.float64), multi_label=multi_label)
+    return _prediction_rows(decision, labels.names, [(i.item_id, i.job_created_at) for i, _ in answered],
+                            [[f"llm:{r.source}:{r.method}"] for _, r in answered], [[] for _ in answered])
+
+
+def _prediction_rows(decision, label_names, items: list[tuple[int, dt.datetime]], signals: list[list[str]],
+                     flags: list[list[str]]) -> list[dict]:
     """Prediction rows for ``items`` (id, job created) from a batch decision, in the same order."""
     now = utcnow()
     return [{
@@ -171,30 +320,10 @@ def _prediction_rows(decision, label_names, items: list[tuple[int, dt.datetime]]
         "probabilities": [round(float(p), 6) for p in decision.probabilities[row]],
         "confidence": float(decision.confidence[row]),
         "signals": item_signals,
+        "flags": item_flags,
         "latency_ms": _elapsed_ms(created, now),
         "created_at": now,
-    } for row, ((item_id, created), item_signals) in enumerate(zip(items, signals))]
-
-
-def _llm_predictions(settings: Settings, session, job: Job, item_ids: list[int]) -> int:
-    """Predictions of an LLM-only job: the LLM's own probabilities, read from the cache."""
-    labels, multi_label = job_label_set(job)
-    spec = source_spec(settings, job.llm_source)
-    items = scored_items(session=session, item_ids=item_ids)
-    keys = {item_id: cache_key(backend=spec.backend, model=spec.model, labels=labels, multi_label=multi_label,
-                               text_hash=th) for item_id, th, _ in items}
-    found = llm_cache.lookup(session=session, keys=list(keys.values()), count_hits=False)
-    missing = {item_id: "the LLM answer vanished from the cache; resubmit" for item_id, k in keys.items() if k not in found}
-    present = [(item_id, created) for item_id, _, created in items if item_id not in missing]
-    if missing:
-        mark_failed(session=session, errors=missing)
-    if not present:
-        return 0
-    probs = np.array([found[keys[item_id]].scores for item_id, _ in present], dtype=np.float64)
-    decision = decide_from_probabilities(probs, multi_label=multi_label)
-    signals = [[f"llm:{job.llm_source}:{found[keys[item_id]].method}"] for item_id, _ in present]
-    store_predictions(session=session, rows=_prediction_rows(decision, labels.names, present, signals))
-    return len(present)
+    } for row, ((item_id, created), item_signals, item_flags) in enumerate(zip(items, signals, flags))]
 
 
 def _elapsed_ms(start: dt.datetime, end: dt.datetime) -> float:

@@ -7,7 +7,6 @@ import uuid
 
 from pydantic import BaseModel
 
-CLASSIFIER_MODES = ("fast",)  # "auto" and "full" arrive with escalation; "llm" jobs use submit_llm
 
 
 class JobProgress(BaseModel):
@@ -41,5 +40,35 @@ class ItemResult(BaseModel):
     probabilities: dict[str, float]
     confidence: float | None
     signals: list[str]
+    flags: list[str] = []  # budget_exhausted, missing:llm:<source>: what this answer lacks
     latency_ms: float | None
     error: str | None
+
+
+class TierStats(BaseModel):
+    """One LLM tier of a job: its threshold and what its requests came to."""
+
+    source: str
+    threshold: float | None
+    queued: int = 0
+    done: int = 0
+    failed: int = 0
+    skipped: int = 0  # the tier was down when items reached it
+    cost_usd: float = 0.0
+
+
+class JobStats(BaseModel):
+    """Where a job's money went: escalations per tier, their cost, the budget and the flags."""
+
+    job_id: uuid.UUID
+    mode: str
+    status: str
+    n_items: int
+    n_done: int
+    n_failed: int
+    n_escalated: int
+    budget_items: int | None
+    budget_usd: float | None
+    llm_cost_usd: float
+    tiers: list[TierStats]
+    flags: dict[str, int]

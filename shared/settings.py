@@ -47,7 +47,10 @@ class Settings(BaseSettings):
     llm_batch_items: int = Field(default=32, ge=1, description="Items per LLM scoring task.")
     task_time_limit: int = Field(default=600, ge=10, description="Hard time limit of one task, seconds.")
     visibility_timeout: int = Field(default=3600, ge=60, description="Redis visibility timeout, seconds; must exceed the task time limit.")
-    item_lease_seconds: int = Field(default=900, ge=10, description="How long an enqueued item may wait before the sweeper may re-enqueue it.")
+    item_lease_seconds: int = Field(default=900, ge=2, description="How long an enqueued item may wait before the sweeper may re-enqueue it.")
+    max_attempts: int = Field(default=5, ge=1, description="Deliveries of one item (or LLM request) before the sweeper dead-letters it with its error.")
+    sweep_interval: float = Field(default=60.0, gt=0, description="Seconds between sweeps (celery beat on the maintenance queue).")
+    escalation_tiers: str = Field(default="local,api", description="LLM tiers of auto/full modes, cheapest first: source[@threshold],... Unset threshold: the classifier's calibrated one.")
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":

@@ -12,10 +12,10 @@ from kombu import Queue
 from shared.db.engine import dispose_engines
 from shared.settings import Settings, get_settings
 
-from workers import embed, fusion, llm_api, llm_local
+from shared.task_names import EMBED_TASK, FUSE_TASK, SWEEP_TASK
+from workers import embed, fusion, llm_api, llm_local, maintenance
 
 QUEUES = ("embed", "llm_local", "llm_api", "fusion", "maintenance")
-EMBED_TASK, FUSE_TASK = embed.EMBED_TASK, fusion.FUSE_TASK
 TASK_ROUTES = {
     EMBED_TASK: {"queue": "embed"},
     FUSE_TASK: {"queue": "fusion"},
@@ -52,11 +52,15 @@ def create_app(settings: Settings) -> Celery:
         worker_send_task_events=True,
         task_send_sent_event=True,
         worker_hijack_root_logger=False,
+        # The sweeper: one beat process sends it; a sweep that could not run in time is dropped.
+        beat_schedule={"sweep-expired-leases": {"task": SWEEP_TASK, "schedule": settings.sweep_interval,
+                                                "options": {"expires": settings.sweep_interval}}},
     )
-    embed.register(app, settings=settings, next_task=FUSE_TASK)
+    embed.register(app, settings=settings)
     fusion.register(app, settings=settings)
-    llm_local.register(app, settings=settings, next_task=FUSE_TASK)
-    llm_api.register(app, settings=settings, next_task=FUSE_TASK)
+    llm_local.register(app, settings=settings)
+    llm_api.register(app, settings=settings)
+    maintenance.register(app, settings=settings)
     return app
 
 

@@ -5,23 +5,22 @@ from __future__ import annotations
 import logging
 
 from celery import Celery
-from sqlalchemy.exc import OperationalError
 
 from shared.pipeline import embed_stage
+from shared.task_names import EMBED_TASK, FUSE_TASK
+from workers.retry import DB_RETRY
 
 log = logging.getLogger(__name__)
-EMBED_TASK = "fusionq.embed_items"
 
 
-def register(app: Celery, *, settings, next_task: str) -> None:
+def register(app: Celery, *, settings) -> None:
     """Define the embed task on ``app`` (tasks are bound to one app, so they enqueue on its broker)."""
 
-    @app.task(name=EMBED_TASK, bind=True, shared=False, autoretry_for=(OperationalError,), retry_backoff=True,
-              retry_backoff_max=60, max_retries=8)
+    @app.task(name=EMBED_TASK, bind=True, shared=False, **DB_RETRY)
     def embed_items(self, job_id: str, item_ids: list[int]) -> int:
         """Embed the still-pending items among ``item_ids``; enqueue their fusion after commit."""
         embedded = embed_stage(settings, job_id=job_id, item_ids=item_ids)
         if embedded:
-            self.app.send_task(next_task, args=[job_id, embedded])
+            self.app.send_task(FUSE_TASK, args=[job_id, embedded])
         log.info("job %s: embedded %d of %d items", job_id, len(embedded), len(item_ids))
         return len(embedded)

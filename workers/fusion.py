@@ -1,25 +1,29 @@
-"""Queue ``fusion``: the aggregator that turns available signals into final predictions."""
+"""Queue ``fusion``: the aggregator that fuses available signals, finishes items or sends them up a tier."""
 
 from __future__ import annotations
 
 import logging
 
 from celery import Celery
-from sqlalchemy.exc import OperationalError
 
+from shared.db.jobs import chunks
 from shared.pipeline import fusion_stage
+from shared.task_names import FUSE_TASK, LLM_TASKS
+from workers.retry import DB_RETRY
 
 log = logging.getLogger(__name__)
-FUSE_TASK = "fusionq.fuse_items"
 
 
 def register(app: Celery, *, settings) -> None:
     """Define the fusion aggregator task on ``app``."""
 
-    @app.task(name=FUSE_TASK, bind=True, shared=False, autoretry_for=(OperationalError,), retry_backoff=True,
-              retry_backoff_max=60, max_retries=8)
+    @app.task(name=FUSE_TASK, bind=True, shared=False, **DB_RETRY)
     def fuse_items(self, job_id: str, item_ids: list[int]) -> int:
-        """Write the final prediction of every embedded item among ``item_ids``; complete the job when due."""
-        written = fusion_stage(settings, job_id=job_id, item_ids=item_ids)
-        log.info("job %s: %d predictions written", job_id, written)
-        return written
+        """Finish or escalate every item among ``item_ids`` whose signals are in; complete the job when due."""
+        outcome = fusion_stage(settings, job_id=job_id, item_ids=item_ids)
+        for source, ids in outcome.escalate.items():  # after commit: the requests exist when a worker looks
+            for batch in chunks(ids, settings.llm_batch_items):
+                self.app.send_task(LLM_TASKS[source], args=[job_id, batch])
+        log.info("job %s: %d predictions written, escalated %s", job_id, outcome.written,
+                 {s: len(ids) for s, ids in outcome.escalate.items()} or "none")
+        return outcome.written

@@ -8,8 +8,6 @@ from celery import Celery
 
 from workers.llm_common import register_llm_task
 
-LLM_API_TASK = "fusionq.llm_api.score_items"
 
-
-def register(app: Celery, *, settings, next_task: str) -> None:
-    register_llm_task(app, settings=settings, source="api", task_name=LLM_API_TASK, next_task=next_task)
+def register(app: Celery, *, settings) -> None:
+    register_llm_task(app, settings=settings, source="api")

@@ -9,13 +9,20 @@ import datetime as dt
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from shared.db.models import Classifier, Item, ItemFeatures, Job, Prediction, utcnow
+from shared.db.models import Classifier, Item, ItemFeatures, Job, LlmRequest, Prediction, utcnow
 from shared.errors import IdempotencyConflict, JobNotFound
 from shared.textio import text_hash, text_problem
+
+if TYPE_CHECKING:
+    from shared.llm.result import TextScore
+
+
+OPEN_STATUSES = ("pending", "embedded", "scoring")
 
 
 def insert_ignoring_conflicts(session: Session, model: type, rows: Sequence[dict], keys: Sequence[str]) -> None:
@@ -46,30 +53,42 @@ def create_job(
     mode: str,
     idempotency_key: str | None,
     max_text_chars: int,
+    lease_seconds: int,
     labels: dict | None = None,
     multi_label: bool | None = None,
     llm_source: str | None = None,
+    item_modes: Sequence[str | None] | None = None,
+    tiers: Sequence[dict] | None = None,
+    budget_items: int | None = None,
+    budget_usd: float | None = None,
 ) -> tuple[Job, bool]:
-    """Insert a job and all its items in the caller's transaction; (job, created).
+    """Insert a job, its items and the LLM requests its modes need, in the caller's transaction.
 
     Unusable texts become items that are already ``failed`` with their reason, so one bad text
-    never stops the others. With an ``idempotency_key`` seen before, the earlier job is returned.
+    never stops the others. Items in mode ``full`` get a request per tier and those in mode
+    ``llm`` one for ``llm_source``, all queued now (the LLM runs beside the encoder). With an
+    ``idempotency_key`` seen before, the earlier job is returned. Returns (job, created).
     """
     if idempotency_key:
         existing = job_for_idempotency_key(session, idempotency_key, classifier, texts)
         if existing is not None:
             return existing, False
     now = utcnow()
+    lease = now + dt.timedelta(seconds=lease_seconds)
     job = Job(id=uuid.uuid4(), classifier_id=classifier.id if classifier else None, mode=mode, status="queued",
-              labels=labels, multi_label=multi_label, llm_source=llm_source,
+              labels=labels, multi_label=multi_label, llm_source=llm_source, tiers=list(tiers or []) or None,
+              budget_items=budget_items, budget_usd=budget_usd, n_escalated=0,
               idempotency_key=idempotency_key, n_items=len(texts), n_done=0, n_failed=0,
               created_at=now, updated_at=now)
     rows = []
     for position, text in enumerate(texts):
         problem = text_problem(text, max_chars=max_text_chars)
         safe = text if isinstance(text, str) else ""
+        own = item_modes[position] if item_modes is not None else None
+        effective = own or mode
+        status = "failed" if problem else ("scoring" if effective == "llm" else "pending")
         rows.append({"job_id": job.id, "position": position, "text": safe, "text_hash": text_hash(safe),
-                     "status": "failed" if problem else "pending", "attempts": 0, "lease_until": None,
+                     "mode": own, "status": status, "attempts": 0, "lease_until": None if problem else lease,
                      "updated_at": now, "error": problem})
     job.n_failed = sum(1 for r in rows if r["status"] == "failed")
     if job.n_failed == len(rows):
@@ -78,8 +97,81 @@ def create_job(
     # rolls back and asks again, finding the winner's job.
     session.add(job)
     session.flush()
-    session.execute(sa.insert(Item), rows)
+    ids = dict(session.execute(sa.insert(Item).returning(Item.position, Item.id), rows).tuples().all())
+    requests = []
+    for row in rows:
+        effective = row["mode"] or mode
+        if row["status"] == "failed" or effective not in ("full", "llm"):
+            continue
+        sources = [t["source"] for t in job.tiers or []] if effective == "full" else [llm_source]
+        for tier, source in enumerate(sources):
+            requests.append(request_row(job_id=job.id, item_id=ids[row["position"]], tier=tier, source=source,
+                                        reason=effective, lease_until=lease, now=now))
+    if requests:
+        session.execute(sa.insert(LlmRequest), requests)
     return job, True
+
+
+def request_row(*, job_id: uuid.UUID, item_id: int, tier: int, source: str, reason: str, lease_until: dt.datetime | None,
+                now: dt.datetime, status: str = "queued", error: str | None = None) -> dict:
+    """One ``llm_requests`` row, queued with its lease (or skipped, for a tier that was down)."""
+    return {"job_id": job_id, "item_id": item_id, "tier": tier, "source": source, "reason": reason, "status": status,
+            "attempts": 0, "lease_until": lease_until, "scores": None, "method": None, "cost_usd": 0.0, "error": error,
+            "created_at": now, "updated_at": now}
+
+
+def add_requests(*, session: Session, rows: Sequence[dict]) -> set[int]:
+    """Insert requests, skipping any (item, source) that exists; the item ids really added.
+
+    The unique key is the guard that makes an escalation happen at most once per item and tier,
+    however many aggregators or retries try.
+    """
+    if not rows:
+        return set()
+    insert = dialect_insert(session)
+    added = session.execute(insert(LlmRequest).on_conflict_do_nothing(index_elements=["item_id", "source"])
+                            .returning(LlmRequest.item_id, LlmRequest.status), list(rows)).all()
+    return {item_id for item_id, status in added if status == "queued"}
+
+
+def queued_request_batches(*, session: Session, job_id: uuid.UUID, items_per_batch: int) -> dict[str, list[list[int]]]:
+    """Item ids with a queued LLM request, per source, in runs of ``items_per_batch``."""
+    rows = session.execute(sa.select(LlmRequest.source, LlmRequest.item_id)
+                           .where(LlmRequest.job_id == job_id, LlmRequest.status == "queued")
+                           .order_by(LlmRequest.source, LlmRequest.item_id)).all()
+    per_source: dict[str, list[int]] = {}
+    for source, item_id in rows:
+        per_source.setdefault(source, []).append(item_id)
+    return {source: chunks(ids, items_per_batch) for source, ids in per_source.items()}
+
+
+def chunks(ids: Sequence[int], size: int) -> list[list[int]]:
+    return [list(ids[i:i + size]) for i in range(0, len(ids), size)]
+
+
+def claim_requests(*, session: Session, item_ids: Sequence[int], source: str, lease_seconds: int) -> list[ClaimedItem]:
+    """The items among ``item_ids`` with a queued ``source`` request, with an attempt counted."""
+    rows = session.execute(
+        sa.select(LlmRequest.id, Item.id, Item.text).join(Item, Item.id == LlmRequest.item_id)
+        .where(LlmRequest.item_id.in_(list(item_ids)), LlmRequest.source == source, LlmRequest.status == "queued")
+        .order_by(Item.id)
+    ).all()
+    if rows:
+        now = utcnow()
+        session.execute(sa.update(LlmRequest).where(LlmRequest.id.in_([r[0] for r in rows])).values(
+            attempts=LlmRequest.attempts + 1, lease_until=now + dt.timedelta(seconds=lease_seconds), updated_at=now))
+    return [ClaimedItem(id=r[1], text=r[2]) for r in rows]
+
+
+def store_request_results(*, session: Session, source: str, results: dict[int, TextScore]) -> None:
+    """Record each item's answer from ``source``: done with scores and cost, or failed with the reason."""
+    now = utcnow()
+    for item_id, score in results.items():
+        values = ({"status": "failed", "error": (score.error or "LLM answer failed")[:4000]} if score.method == "failed"
+                  else {"status": "done", "scores": [float(p) for p in score.probabilities], "method": score.method})
+        session.execute(sa.update(LlmRequest).where(LlmRequest.item_id == item_id, LlmRequest.source == source,
+                                                    LlmRequest.status == "queued")
+                        .values(cost_usd=score.spent_usd, updated_at=now, **values))
 
 
 def job_for_idempotency_key(session: Session, key: str, classifier: Classifier | None,
@@ -102,13 +194,7 @@ def pending_item_batches(*, session: Session, job_id: uuid.UUID, items_per_batch
     rows = session.execute(
         sa.select(Item.id).where(Item.job_id == job_id, Item.status == "pending").order_by(sa.func.length(Item.text), Item.id)
     ).scalars().all()
-    return [list(rows[i:i + items_per_batch]) for i in range(0, len(rows), items_per_batch)]
-
-
-def lease_items(*, session: Session, item_ids: Sequence[int], lease_seconds: int) -> None:
-    """Mark items as handed to the broker until now + lease; the sweeper re-enqueues expired ones."""
-    session.execute(sa.update(Item).where(Item.id.in_(item_ids))
-                    .values(lease_until=utcnow() + dt.timedelta(seconds=lease_seconds)))
+    return chunks(rows, items_per_batch)
 
 
 @dataclass(frozen=True)
@@ -128,62 +214,96 @@ def claim_pending(*, session: Session, item_ids: Sequence[int], lease_seconds: i
     return [ClaimedItem(id=r.id, text=r.text) for r in rows]
 
 
-def mark_scored(*, session: Session, item_ids: Sequence[int]) -> None:
-    """Move pending items of an LLM-only job to ``scored``: their answer is in the cache."""
-    session.execute(sa.update(Item).where(Item.id.in_(list(item_ids)), Item.status == "pending")
-                    .values(status="scored", updated_at=utcnow()))
-
-
-def scored_items(*, session: Session, item_ids: Sequence[int]) -> list[tuple[int, str, dt.datetime]]:
-    """(id, text hash, job created) of the scored items among ``item_ids``."""
-    return [tuple(r) for r in session.execute(
-        sa.select(Item.id, Item.text_hash, Job.created_at).join(Job, Job.id == Item.job_id)
-        .where(Item.id.in_(list(item_ids)), Item.status == "scored").order_by(Item.id)).all()]
-
-
-def store_features(*, session: Session, encoder_key: str, vectors: dict[int, bytes], dim: int) -> None:
-    """Upsert features and move their items from pending to embedded."""
+def store_features(*, session: Session, encoder_key: str, vectors: dict[int, bytes], dim: int,
+                   lease_seconds: int) -> None:
+    """Upsert features and move their items from pending to embedded, leased to the aggregator."""
     now = utcnow()
     insert_ignoring_conflicts(session, ItemFeatures, [
         {"item_id": item_id, "encoder_key": encoder_key, "dim": dim, "vector": vector, "created_at": now}
         for item_id, vector in vectors.items()
     ], keys=("item_id", "encoder_key"))
     session.execute(sa.update(Item).where(Item.id.in_(list(vectors)), Item.status == "pending")
-                    .values(status="embedded", updated_at=now))
+                    .values(status="embedded", updated_at=now, lease_until=now + dt.timedelta(seconds=lease_seconds)))
 
 
 def mark_failed(*, session: Session, errors: dict[int, str]) -> None:
     """Record a final failure for items that are not already finished."""
     now = utcnow()
     for item_id, error in errors.items():
-        session.execute(sa.update(Item).where(Item.id == item_id, Item.status.in_(("pending", "embedded", "scored")))
+        session.execute(sa.update(Item).where(Item.id == item_id, Item.status.in_(OPEN_STATUSES))
                         .values(status="failed", error=error[:4000], updated_at=now))
 
 
 @dataclass(frozen=True)
-class FusionInput:
+class RequestState:
+    source: str
+    tier: int
+    reason: str
+    status: str
+    scores: list | None
+    method: str | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class AggregationInput:
+    """An item the aggregator may finish: its own mode, features (if any) and LLM requests."""
+
     item_id: int
-    vector: bytes
-    dim: int
+    mode: str | None
+    vector: bytes | None
+    dim: int | None
     job_created_at: dt.datetime
+    requests: dict[str, RequestState]
+
+    @property
+    def waiting(self) -> bool:
+        """True while an LLM answer is still to come."""
+        return any(r.status == "queued" for r in self.requests.values())
 
 
-def load_fusion_inputs(*, session: Session, item_ids: Sequence[int], encoder_key: str) -> list[FusionInput]:
-    """Embedded items among ``item_ids`` with their features, ready for the fusion model."""
+def load_aggregation_inputs(*, session: Session, item_ids: Sequence[int], encoder_key: str | None) -> list[AggregationInput]:
+    """Unfinished items among ``item_ids`` whose features are in (or that need none), with their requests."""
+    feature_join = sa.and_(ItemFeatures.item_id == Item.id, ItemFeatures.encoder_key == (encoder_key or ""))
     rows = session.execute(
-        sa.select(Item.id, ItemFeatures.vector, ItemFeatures.dim, Job.created_at)
-        .join(ItemFeatures, sa.and_(ItemFeatures.item_id == Item.id, ItemFeatures.encoder_key == encoder_key))
-        .join(Job, Job.id == Item.job_id)
-        .where(Item.id.in_(item_ids), Item.status == "embedded")
+        sa.select(Item.id, Item.mode, ItemFeatures.vector, ItemFeatures.dim, Job.created_at)
+        .outerjoin(ItemFeatures, feature_join).join(Job, Job.id == Item.job_id)
+        .where(Item.id.in_(list(item_ids)), Item.status.in_(("embedded", "scoring")))
         .order_by(Item.id)
     ).all()
-    return [FusionInput(item_id=r[0], vector=r[1], dim=r[2], job_created_at=r[3]) for r in rows]
+    requests: dict[int, dict[str, RequestState]] = {}
+    if rows:
+        for r in session.scalars(sa.select(LlmRequest).where(LlmRequest.item_id.in_([row[0] for row in rows]))):
+            requests.setdefault(r.item_id, {})[r.source] = RequestState(
+                source=r.source, tier=r.tier, reason=r.reason, status=r.status, scores=r.scores, method=r.method, error=r.error)
+    return [AggregationInput(item_id=r[0], mode=r[1], vector=r[2], dim=r[3], job_created_at=r[4],
+                             requests=requests.get(r[0], {})) for r in rows]
+
+
+def llm_usage_by_source(*, session: Session, job_id: uuid.UUID) -> dict[str, dict[str, float]]:
+    """Per source: requests done / failed / queued and what the done ones cost."""
+    usage: dict[str, dict[str, float]] = {}
+    for source, status, n, cost in session.execute(
+            sa.select(LlmRequest.source, LlmRequest.status, sa.func.count(), sa.func.coalesce(sa.func.sum(LlmRequest.cost_usd), 0.0))
+            .where(LlmRequest.job_id == job_id).group_by(LlmRequest.source, LlmRequest.status)).all():
+        entry = usage.setdefault(source, {"done": 0, "failed": 0, "queued": 0, "skipped": 0, "cost_usd": 0.0})
+        entry[status] = int(n)
+        entry["cost_usd"] += float(cost)
+    return usage
+
+
+def lock_job(*, session: Session, job_id: uuid.UUID) -> Job:
+    """The job row, locked until the transaction ends: one aggregator of a job at a time."""
+    job = session.scalars(sa.select(Job).where(Job.id == job_id).with_for_update()).first()
+    if job is None:
+        raise JobNotFound(f"no job {job_id}")
+    return job
 
 
 def store_predictions(*, session: Session, rows: Sequence[dict]) -> None:
     """Upsert final predictions (one per item, unique) and mark their items done."""
     insert_ignoring_conflicts(session, Prediction, rows, keys=("item_id",))
-    session.execute(sa.update(Item).where(Item.id.in_([r["item_id"] for r in rows]), Item.status.in_(("embedded", "scored")))
+    session.execute(sa.update(Item).where(Item.id.in_([r["item_id"] for r in rows]), Item.status.in_(("embedded", "scoring")))
                     .values(status="done", updated_at=utcnow()))
 
 
@@ -193,9 +313,7 @@ def refresh_job(*, session: Session, job_id: uuid.UUID) -> Job:
     The lock serialises concurrent aggregators of one job, so the last one always sees every
     committed item and the job cannot stay open forever.
     """
-    job = session.scalars(sa.select(Job).where(Job.id == job_id).with_for_update()).first()
-    if job is None:
-        raise JobNotFound(f"no job {job_id}")
+    job = lock_job(session=session, job_id=job_id)
     counts = dict(session.execute(
         sa.select(Item.status, sa.func.count()).where(Item.job_id == job_id).group_by(Item.status)
     ).all())

@@ -63,13 +63,23 @@ class Job(Base):
     n_items: Mapped[int] = mapped_column(sa.Integer)
     n_done: Mapped[int] = mapped_column(sa.Integer, default=0)
     n_failed: Mapped[int] = mapped_column(sa.Integer, default=0)
+    # Escalation (modes auto/full/llm): the tiers as resolved at submit, so a config change never
+    # alters a running job, and the budget of an auto job.
+    tiers: Mapped[list | None] = mapped_column(sa.JSON)
+    budget_items: Mapped[int | None] = mapped_column(sa.Integer)
+    budget_usd: Mapped[float | None] = mapped_column(sa.Float)
+    n_escalated: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
     created_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
 
 
 class Item(Base):
-    """One text of a job. ``status``: pending -> embedded -> done, or failed with ``error``."""
+    """One text of a job, and its own mode when the caller set one (else the job's).
+
+    ``status``: pending (needs features) -> embedded -> done; ``scoring`` for items answered by an
+    LLM alone; failed with ``error``. Outstanding LLM work lives in :class:`LlmRequest`.
+    """
 
     __tablename__ = "items"
     __table_args__ = (
@@ -82,6 +92,7 @@ class Item(Base):
     position: Mapped[int] = mapped_column(sa.Integer)
     text: Mapped[str] = mapped_column(sa.Text)
     text_hash: Mapped[str] = mapped_column(sa.String(64), index=True)
+    mode: Mapped[str | None] = mapped_column(sa.String(16))
     status: Mapped[str] = mapped_column(sa.String(16), default="pending")
     attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
     lease_until: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
@@ -112,8 +123,43 @@ class Prediction(Base):
     probabilities: Mapped[list] = mapped_column(sa.JSON)
     confidence: Mapped[float] = mapped_column(sa.Float)
     signals: Mapped[list] = mapped_column(sa.JSON)
+    # Why the prediction is less than its mode promised: budget_exhausted, missing:llm:<source>.
+    flags: Mapped[list] = mapped_column(sa.JSON, default=list, server_default="[]")
     latency_ms: Mapped[float] = mapped_column(sa.Float)
     created_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+
+
+class LlmRequest(Base):
+    """LLM scores wanted for one item from one source (tier). Unique on (item, source): an item
+    climbs to a tier at most once, whoever asks and however often.
+
+    ``status``: queued -> done (``scores`` set) or failed (``error``; the signal is then missing);
+    skipped when the tier was down as the item reached it (never sent).
+    ``reason``: escalation (auto), full, or llm (the LLM alone).
+    """
+
+    __tablename__ = "llm_requests"
+    __table_args__ = (
+        sa.UniqueConstraint("item_id", "source", name="uq_llm_requests_item_id_source"),
+        sa.Index("ix_llm_requests_job_status", "job_id", "status"),
+        sa.Index("ix_llm_requests_status_lease", "status", "lease_until"),
+    )
+
+    id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
+    item_id: Mapped[int] = mapped_column(sa.ForeignKey("items.id", ondelete="CASCADE"))
+    job_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("jobs.id", ondelete="CASCADE"))
+    tier: Mapped[int] = mapped_column(sa.Integer)
+    source: Mapped[str] = mapped_column(sa.String(16))
+    reason: Mapped[str] = mapped_column(sa.String(16))
+    status: Mapped[str] = mapped_column(sa.String(16), default="queued")
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    lease_until: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    scores: Mapped[list | None] = mapped_column(sa.JSON)
+    method: Mapped[str | None] = mapped_column(sa.String(16))
+    cost_usd: Mapped[float] = mapped_column(sa.Float, default=0.0)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
 
 
 class LlmScore(Base):

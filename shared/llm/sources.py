@@ -53,21 +53,56 @@ def build_scorer(spec: LLMSpec, settings: Settings, *, source: str = "api"):
         from shared.llm.hf import HFScorer
 
         return HFScorer(spec.model, device=settings.device)
-    from shared.llm.limits import CircuitBreaker, MemoryKV, RateLimiter, RedisKV
+    from shared.llm.limits import RateLimiter
     from shared.llm.openai_compat import OpenAICompatScorer, Pricing
 
-    broker = settings.broker_url or ""
-    kv = RedisKV(broker) if broker.startswith(("redis://", "rediss://")) else MemoryKV()
+    kv = _shared_kv(settings)
     key = settings.llm_api_key if source == "api" else settings.llm_local_api_key
-    name = f"{spec.model}@{spec.base_url}"
+    name = _provider_name(spec)
     return OpenAICompatScorer(
         base_url=spec.base_url, model=spec.model, api_key=key.get_secret_value() if key else None,
         pricing=Pricing(input_per_mtok=settings.llm_price_in_per_mtok if source == "api" else 0.0,
                         output_per_mtok=settings.llm_price_out_per_mtok if source == "api" else 0.0),
         timeout=settings.llm_timeout, max_retries=settings.llm_max_retries, provider=name,
         limiter=RateLimiter(kv, name, settings.llm_rate_per_second if source == "api" else None),
-        breaker=CircuitBreaker(kv, name, failures=settings.llm_breaker_failures, cooldown=settings.llm_breaker_cooldown),
+        breaker=_breaker(kv, name, settings),
     )
+
+
+def source_breaker(settings: Settings, source: str):
+    """The circuit breaker that the ``source`` workers share, or None (in-process models have none).
+
+    The aggregator reads it to skip a tier that is down instead of queueing work that would fail.
+    """
+    spec = source_spec(settings, source)
+    if spec.backend == "hf":
+        return None
+    return _breaker(_shared_kv(settings), _provider_name(spec), settings)
+
+
+def _provider_name(spec: LLMSpec) -> str:
+    return f"{spec.model}@{spec.base_url}"
+
+
+def _breaker(kv, name: str, settings: Settings):
+    from shared.llm.limits import CircuitBreaker
+
+    return CircuitBreaker(kv, name, failures=settings.llm_breaker_failures, cooldown=settings.llm_breaker_cooldown)
+
+
+_KVS: dict[str, object] = {}
+_KV_LOCK = threading.Lock()  # apart from _LOCK: get_scorer holds that one while building
+
+
+def _shared_kv(settings: Settings):
+    """Where limiter and breaker state lives: Redis when the broker is Redis, else this process."""
+    from shared.llm.limits import MemoryKV, RedisKV
+
+    broker = settings.broker_url or ""
+    with _KV_LOCK:
+        if broker not in _KVS:
+            _KVS[broker] = RedisKV(broker) if broker.startswith(("redis://", "rediss://")) else MemoryKV()
+        return _KVS[broker]
 
 
 _SCORERS: dict[tuple[str, str], object] = {}

@@ -13,7 +13,7 @@ def _submit(settings, texts):
     with session_for(settings.effective_database_url) as session, session.begin():
         clf = session.scalars(sa.select(Classifier)).one()
         job, _ = create_job(session=session, classifier=clf, texts=texts, mode="fast", idempotency_key=None,
-                            max_text_chars=settings.max_text_chars)
+                            max_text_chars=settings.max_text_chars, lease_seconds=settings.item_lease_seconds)
     with session_for(settings.effective_database_url) as session:
         ids = session.scalars(sa.select(Item.id).where(Item.job_id == job.id).order_by(Item.position)).all()
     return str(job.id), list(ids)
@@ -26,8 +26,8 @@ def test_running_each_stage_twice_gives_exactly_one_prediction_per_item(db_setti
     # When every stage runs twice, as after a redelivered message
     assert embed_stage(db_settings, job_id=job_id, item_ids=ids) == ids
     assert embed_stage(db_settings, job_id=job_id, item_ids=ids) == []
-    assert fusion_stage(db_settings, job_id=job_id, item_ids=ids) == len(ids)
-    assert fusion_stage(db_settings, job_id=job_id, item_ids=ids) == 0
+    assert fusion_stage(db_settings, job_id=job_id, item_ids=ids).written == len(ids)
+    assert fusion_stage(db_settings, job_id=job_id, item_ids=ids).written == 0
     # Then each item has one prediction and the job is complete
     with session_for(db_settings.effective_database_url) as session:
         counts = session.execute(sa.select(Prediction.item_id, sa.func.count()).group_by(Prediction.item_id)).all()
