@@ -215,8 +215,9 @@ def topic_csvs(tmp_path) -> tuple[Path, Path]:
             write_csv(tmp_path / "test.csv", ["text", "label"], list(zip(test_texts, test_labels))))
 
 
-def train_topics(settings: Settings, encoder_model: str, *, name: str = "topics", n_per_class: int = 30):
-    """Train and register a classifier on synthetic topic texts; returns the TrainingResult."""
+def train_topics(settings: Settings, encoder_model: str, *, name: str = "topics", n_per_class: int = 30,
+                 llms: tuple[str, ...] = ()):
+    """Train and register a classifier on synthetic topic texts (with ``llms`` as fusion inputs)."""
     from shared.fusion.training import TrainingConfig
     from shared.textio import LabelledData
     from shared.trainer import train_classifier
@@ -224,5 +225,14 @@ def train_topics(settings: Settings, encoder_model: str, *, name: str = "topics"
     texts, labels = make_topic_texts(n_per_class, seed=3)
     data = LabelledData(texts=texts, labels=[[label] for label in labels], multi_label=False, source="synthetic")
     return train_classifier(settings=settings, name=name, data=data, encoders=[encoder_model], layers=(-1,),
-                            fusion="concat", training=TrainingConfig(max_epochs=40), show_progress=False)
+                            fusion="concat", training=TrainingConfig(max_epochs=40), show_progress=False, llms=list(llms))
 
+
+
+@pytest.fixture
+def topic_llm():
+    """A loopback OpenAI-compatible LLM that knows the topic words: an informative second signal."""
+    from tests.support.fake_openai import FakeOpenAIServer, keyword_answer
+
+    with FakeOpenAIServer(answer_fn=keyword_answer(TOPIC_WORDS)) as server:
+        yield server

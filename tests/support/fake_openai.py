@@ -73,6 +73,22 @@ def default_answer(messages: list[dict]) -> dict[str, float]:
     return {k: 0.7 if k == chosen else 0.3 / (len(classes) - 1) for k, _ in classes}
 
 
+def keyword_answer(keywords: dict[str, list[str]], *, confidence: float = 0.9):
+    """An ``answer_fn`` for single-label prompts: the class with most of its keywords in the text
+    gets ``confidence``; no keyword at all gives a uniform answer. An informative LLM for tests."""
+    def answer(messages: list[dict]) -> dict[str, float]:
+        text = _framed_text(_content(messages, "user"))[0].lower()
+        classes = _classes(_content(messages, "system"))
+        if len(classes) < 2:
+            return default_answer(messages)
+        hits = {key: sum(word in text for word in keywords.get(name, ())) for key, name in classes}
+        best = max(hits, key=hits.get)
+        if hits[best] == 0:
+            return {key: 1.0 / len(classes) for key, _ in classes}
+        return {key: confidence if key == best else (1.0 - confidence) / (len(classes) - 1) for key, _ in classes}
+    return answer
+
+
 def _entry(token: str, p: float) -> dict:
     return {"token": token, "logprob": math.log(p), "bytes": list(token.encode("utf-8"))}
 
