@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from shared.errors import FusionqError
+from shared.serving import MODES
 
 
 def _classifier_options(args, settings) -> dict:
@@ -96,21 +97,37 @@ def cmd_classify(args, settings) -> int:
 
     texts = read_texts(args.input, column=args.text_column)
     with FusionqClient(settings) as client:
-        results = classify_with_progress(client, texts, args.classifier, mode=args.mode, show_progress=not args.quiet,
-                                         timeout=args.timeout)
+        job_id, results = classify_with_progress(
+            client, texts, args.classifier, mode=args.mode, show_progress=not args.quiet, timeout=args.timeout,
+            budget_share=args.budget_share, budget_items=args.budget_items, budget_usd=args.budget_usd)
+        stats = client.stats(job_id)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     labels = next((list(r.probabilities) for r in results if r.probabilities), [])
     with out.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["position", "status", "labels", "confidence", *[f"p_{name}" for name in labels], "error"])
+        writer.writerow(["position", "status", "labels", "confidence", *[f"p_{name}" for name in labels],
+                         "signals", "flags", "error"])
         for r in results:
             writer.writerow([r.position, r.status, "|".join(r.labels),
                              "" if r.confidence is None else f"{r.confidence:.6f}",
                              *[f"{r.probabilities[name]:.6f}" if r.probabilities else "" for name in labels],
-                             r.error or ""])
+                             "|".join(r.signals), "|".join(r.flags), r.error or ""])
+    stats_path = out.with_suffix(".stats.json")
+    stats_path.write_text(stats.model_dump_json(indent=2) + "\n", encoding="utf-8")
     failed = sum(r.status == "failed" for r in results)
     print(f"wrote {len(results)} predictions to {out}" + (f" ({failed} failed: see the error column)" if failed else ""))
+    tiers = ", ".join(f"{t.source}: {t.done} answered, {t.failed + t.skipped} missing" for t in stats.tiers) or "none"
+    print(f"job {job_id}: {stats.n_escalated} items escalated ({tiers}), LLM cost ${stats.llm_cost_usd:.4f}, "
+          f"flags {stats.flags or 'none'}; stats in {stats_path}")
+    return 0
+
+
+def cmd_job(args, settings) -> int:
+    from shared.client import FusionqClient
+
+    with FusionqClient(settings) as client:
+        print(client.stats(args.job_id).model_dump_json(indent=2))
     return 0
 
 
@@ -290,9 +307,19 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--in", dest="input", required=True, help="CSV with a text column")
     classify.add_argument("--out", required=True, help="predictions CSV to write")
     classify.add_argument("--text-column", default="text")
-    classify.add_argument("--mode", default="fast", choices=["fast"])
+    classify.add_argument("--mode", default="fast", choices=list(MODES),
+                          help="fast: encoder only; auto: escalate unsure items up the LLM tiers; full: every LLM "
+                               "tier for every item; llm: the first tier's LLM alone")
+    budget = classify.add_mutually_exclusive_group()
+    budget.add_argument("--budget-share", type=float, help="auto: at most this share of the items may escalate")
+    budget.add_argument("--budget-items", type=int, help="auto: at most this many items may escalate")
+    classify.add_argument("--budget-usd", type=float, help="auto: at most this many dollars of LLM calls")
     classify.add_argument("--timeout", type=float, help="seconds to wait for the job")
     classify.set_defaults(func=cmd_classify)
+
+    job = sub.add_parser("job", help="a job's escalations per tier, LLM cost, budget and flags (JSON)")
+    job.add_argument("job_id")
+    job.set_defaults(func=cmd_job)
 
     evaluate = sub.add_parser("evaluate", help="accuracy, F1, calibration and coverage on a labelled CSV")
     target = evaluate.add_mutually_exclusive_group(required=True)

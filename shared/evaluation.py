@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +20,11 @@ from shared.textio import LabelledData, check_known_labels
 
 def classify_with_progress(client: FusionqClient, texts: list[str], classifier: str, *, mode: str = "fast",
                            desc: str = "classify", show_progress: bool = True,
-                           timeout: float | None = None) -> list[ItemResult]:
-    """Submit, show a progress bar until the job completes, return results in order."""
-    job_id = client.submit(texts, classifier, mode)
+                           timeout: float | None = None, **submit_options) -> tuple[uuid.UUID, list[ItemResult]]:
+    """Submit, show a progress bar until the job completes; (job id, results in order)."""
+    job_id = client.submit(texts, classifier, mode, **submit_options)
     wait_with_progress(client, job_id, total=len(texts), desc=desc, show_progress=show_progress, timeout=timeout)
-    return client.results(job_id)
+    return job_id, client.results(job_id)
 
 
 def wait_with_progress(client: FusionqClient, job_id, *, total: int, desc: str, show_progress: bool,
@@ -44,7 +45,7 @@ def evaluate_classifier(client: FusionqClient, *, classifier: str, data: Labelle
         labels, multi_label, ref = list(row.labels), row.multi_label, f"{row.name}@{row.version}"
     check_known_labels(data, labels)
     started = time.perf_counter()
-    results = classify_with_progress(client, data.texts, ref, desc=f"evaluate {ref}", show_progress=show_progress)
+    _, results = classify_with_progress(client, data.texts, ref, desc=f"evaluate {ref}", show_progress=show_progress)
     predicted = [r.labels if r.status == "done" else None for r in results]
     confidence = [r.confidence for r in results]
     return write_report(name=ref, data=data, labels=labels, multi_label=multi_label, predicted=predicted,

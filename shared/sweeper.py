@@ -58,7 +58,7 @@ def sweep(session: Session, settings: Settings, *, now: dt.datetime | None = Non
 
 def _expired_items(session: Session, statuses: tuple[str, ...], now: dt.datetime, limit: int, *extra):
     return session.execute(
-        sa.select(Item.id, Item.job_id, Item.attempts)
+        sa.select(Item.id, Item.job_id, Item.attempts, Item.resends)
         .where(Item.status.in_(statuses), Item.lease_until < now, *extra)
         .order_by(Item.id).limit(limit).with_for_update(skip_locked=True)
     ).all()
@@ -102,12 +102,12 @@ def _sweep_unfused(session, settings, now, lease, limit, result: SweepResult) ->
     """Items whose signals are all in but that the aggregator never finished."""
     waiting = sa.exists().where(LlmRequest.item_id == Item.id, LlmRequest.status == "queued")
     rows = _expired_items(session, ("embedded", "scoring"), now, limit, ~waiting)
-    dead = {r.id: _dead_letter_error(r.attempts, "fusion") for r in rows if r.attempts >= settings.max_attempts}
+    dead = {r.id: _dead_letter_error(r.resends, "fusion") for r in rows if r.resends >= settings.max_attempts}
     if dead:
         mark_failed(session=session, errors=dead)
         result.dead_items += len(dead)
     again = [r for r in rows if r.id not in dead]
-    _renew(session, [r.id for r in again], lease, count_attempt=True)
+    _renew(session, [r.id for r in again], lease, count_resend=True)
     result.fuse += _batches(again, FUSE_ITEMS_PER_TASK)
 
 
@@ -125,12 +125,12 @@ class _Row:
     job_id: uuid.UUID
 
 
-def _renew(session, item_ids: list[int], lease: dt.datetime, *, count_attempt: bool = False) -> None:
+def _renew(session, item_ids: list[int], lease: dt.datetime, *, count_resend: bool = False) -> None:
     if not item_ids:
         return
     values = {"lease_until": lease}
-    if count_attempt:  # the aggregator has no claim step: count its deliveries here
-        values["attempts"] = Item.attempts + 1
+    if count_resend:  # the aggregator has no claim step: count the sweeper's re-sends instead
+        values["resends"] = Item.resends + 1
     for ids in chunks(item_ids, 10_000):
         session.execute(sa.update(Item).where(Item.id.in_(ids)).values(**values))
 
@@ -143,5 +143,5 @@ def _batches(rows, size: int) -> list[tuple[str, list[int]]]:
 
 
 def _dead_letter_error(attempts: int, stage: str) -> str:
-    return (f"dead-lettered after {attempts} attempts at the {stage} stage: each time the lease ran out before the "
+    return (f"dead-lettered after {attempts} deliveries at the {stage} stage: each time the lease ran out before the "
             "work finished (worker killed or stuck, message lost, or the stage kept failing; see the worker logs)")

@@ -18,24 +18,36 @@ def start_worker(queue: str, *, env: dict[str, str], log_dir: Path, concurrency:
     ``env`` is added to this process's environment (FUSIONQ_* URLs). The log goes to
     ``log_dir/<queue>-<id>.log``; a worker that dies before it is ready raises with its log tail.
     """
-    log_dir.mkdir(parents=True, exist_ok=True)
     name = f"{queue}-{uuid.uuid4().hex[:6]}"
+    cmd = ["worker", "-Q", queue, "-c", str(concurrency), "-P", pool, "-n", f"{name}@%h", "--without-gossip",
+           "--without-mingle", "-E", "-l", "INFO"]
+    return _start_celery(cmd, name=name, ready=" ready.", env=env, log_dir=log_dir, timeout=timeout)
+
+
+def start_beat(*, env: dict[str, str], log_dir: Path, timeout: float = 60.0) -> subprocess.Popen:
+    """Launch ``celery -A workers.app beat`` (it sends the sweeper every FUSIONQ_SWEEP_INTERVAL seconds)."""
+    name = f"beat-{uuid.uuid4().hex[:6]}"
+    cmd = ["beat", "-s", str(log_dir / f"{name}-schedule"), "-l", "INFO"]
+    return _start_celery(cmd, name=name, ready="beat: Starting", env=env, log_dir=log_dir, timeout=timeout)
+
+
+def _start_celery(args: list[str], *, name: str, ready: str, env: dict[str, str], log_dir: Path,
+                  timeout: float) -> subprocess.Popen:
+    log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
-    cmd = [sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", queue, "-c", str(concurrency),
-           "-P", pool, "-n", f"{name}@%h", "--without-gossip", "--without-mingle", "-E", "-l", "INFO"]
     handle = log_path.open("w")
-    proc = subprocess.Popen(cmd, env={**os.environ, **env}, stdout=handle, stderr=subprocess.STDOUT,
-                            cwd=Path(__file__).resolve().parent.parent)
+    proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "workers.app", *args], env={**os.environ, **env},
+                            stdout=handle, stderr=subprocess.STDOUT, cwd=Path(__file__).resolve().parent.parent)
     proc.log_path = log_path  # type: ignore[attr-defined]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"celery worker for {queue} exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-        if " ready." in log_path.read_text():
+            raise RuntimeError(f"celery {name} exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
+        if ready in log_path.read_text():
             return proc
         time.sleep(0.2)
     stop_worker(proc)
-    raise RuntimeError(f"celery worker for {queue} not ready after {timeout:.0f}s:\n{log_path.read_text()[-3000:]}")
+    raise RuntimeError(f"celery {name} not ready after {timeout:.0f}s:\n{log_path.read_text()[-3000:]}")
 
 
 def stop_worker(proc: subprocess.Popen, *, timeout: float = 30.0) -> None:

@@ -22,6 +22,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("n_escalated", sa.Integer, nullable=False, server_default="0"))
     with op.batch_alter_table("items") as batch:
         batch.add_column(sa.Column("mode", sa.String(16), nullable=True))
+        batch.add_column(sa.Column("resends", sa.Integer, nullable=False, server_default="0"))
     with op.batch_alter_table("predictions") as batch:
         batch.add_column(sa.Column("flags", sa.JSON, nullable=False, server_default="[]"))
     op.create_table(
@@ -57,6 +58,7 @@ def downgrade() -> None:
     with op.batch_alter_table("predictions") as batch:
         batch.drop_column("flags")
     with op.batch_alter_table("items") as batch:
+        batch.drop_column("resends")
         batch.drop_column("mode")
     with op.batch_alter_table("jobs") as batch:
         batch.drop_column("n_escalated")

@@ -88,7 +88,7 @@ def create_job(
         effective = own or mode
         status = "failed" if problem else ("scoring" if effective == "llm" else "pending")
         rows.append({"job_id": job.id, "position": position, "text": safe, "text_hash": text_hash(safe),
-                     "mode": own, "status": status, "attempts": 0, "lease_until": None if problem else lease,
+                     "mode": own, "status": status, "attempts": 0, "resends": 0, "lease_until": None if problem else lease,
                      "updated_at": now, "error": problem})
     job.n_failed = sum(1 for r in rows if r["status"] == "failed")
     if job.n_failed == len(rows):

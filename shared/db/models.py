@@ -94,7 +94,8 @@ class Item(Base):
     text_hash: Mapped[str] = mapped_column(sa.String(64), index=True)
     mode: Mapped[str | None] = mapped_column(sa.String(16))
     status: Mapped[str] = mapped_column(sa.String(16), default="pending")
-    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    attempts: Mapped[int] = mapped_column(sa.Integer, default=0)  # claims by the encoder: real work started
+    resends: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")  # aggregator re-sends by the sweeper
     lease_until: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
     updated_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
     error: Mapped[str | None] = mapped_column(sa.Text)

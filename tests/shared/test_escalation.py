@@ -129,4 +129,4 @@ def test_the_sweeper_resends_expired_work_and_dead_letters_after_max_attempts(se
     assert (result.dead_items, result.dead_requests, result.jobs_completed) == (len(ids), len(ids), 1)
     with session_for(settings.effective_database_url) as session:
         errors = session.scalars(sa.select(Item.error)).all()
-    assert all("dead-lettered after 5 attempts at the embed stage" in e for e in errors)
+    assert all("dead-lettered after 5 deliveries at the embed stage" in e for e in errors)

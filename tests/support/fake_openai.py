@@ -114,6 +114,7 @@ class FakeOpenAIServer:
         self.host, self.port, self.default_mode = host, port, default_mode
         self.hang_seconds, self.retry_after, self.answer_fn = hang_seconds, str(retry_after), answer_fn
         self.script: list[str] = []
+        self.fault: tuple[str, float] = ("ok", 0.0)
         self.requests: list[dict] = []
         self.lock = threading.Lock()
         self._stopping = threading.Event()
@@ -129,9 +130,19 @@ class FakeOpenAIServer:
         with self.lock:
             self.script = list(modes)
 
+    def fail_for(self, mode: str, seconds: float) -> None:
+        """Answer every request in ``mode`` for the next ``seconds`` (after the script), then recover."""
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; known: {MODES}")
+        with self.lock:
+            self.fault = (mode, time.time() + seconds)
+
     def _next_mode(self) -> str:
         with self.lock:
-            return self.script.pop(0) if self.script else self.default_mode
+            if self.script:
+                return self.script.pop(0)
+            mode, until = self.fault
+            return mode if time.time() < until else self.default_mode
 
     def _record(self, path: str, body, mode) -> None:
         with self.lock:
