@@ -40,6 +40,12 @@ def text_problem(text: object, *, max_chars: int) -> str | None:
         return "empty or whitespace-only text"
     if len(text) > max_chars:
         return f"text has {len(text):,} characters, above the limit of {max_chars:,} (FUSIONQ_MAX_TEXT_CHARS): split it or raise the limit"
+    if "\x00" in text:  # Postgres text cannot hold it, and no tokenizer means anything by it
+        return f"text contains a NUL character at position {text.index(chr(0))}: remove it"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"text is not valid Unicode at position {exc.start} (a lone surrogate, {text[exc.start]!r}): decode the source properly"
     return None
 
 

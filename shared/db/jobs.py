@@ -84,6 +84,8 @@ def create_job(
     for position, text in enumerate(texts):
         problem = text_problem(text, max_chars=max_text_chars)
         safe = text if isinstance(text, str) else ""
+        if problem:  # keep what can be stored of a refused text, for the caller to see
+            safe = safe.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
         own = item_modes[position] if item_modes is not None else None
         effective = own or mode
         status = "failed" if problem else ("scoring" if effective == "llm" else "pending")
@@ -97,6 +99,8 @@ def create_job(
     # rolls back and asks again, finding the winner's job.
     session.add(job)
     session.flush()
+    if not rows:
+        return job, True
     ids = dict(session.execute(sa.insert(Item).returning(Item.position, Item.id), rows).tuples().all())
     requests = []
     for row in rows:
