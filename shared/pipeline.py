@@ -281,14 +281,18 @@ def _budget_ledger(session, job: Job, artifact: ClassifierArtifact) -> BudgetLed
 
 
 def _unavailable_sources(settings: Settings, tiers: list[Tier]) -> dict[str, str]:
-    """Tiers that are down now (breaker open) or not configured on this worker, with the reason."""
+    """Tiers whose breaker is open now, with the reason. A tier this worker cannot see (its LLM is
+    configured only on the LLM workers) counts as up: if it is not, its requests fail and the
+    items finish flagged all the same."""
     down = {}
     for tier in tiers:
         try:
             breaker = source_breaker(settings, tier.source)
             if breaker is not None:
                 breaker.check()
-        except (CircuitOpen, ConfigError) as exc:
+        except ConfigError:
+            continue
+        except CircuitOpen as exc:
             down[tier.source] = str(exc)
     return down
 
