@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable, Sequence
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from shared.db.engine import ensure_schema, session_for
 from shared.db.jobs import (
@@ -211,7 +211,13 @@ class FusionqClient:
         """Block until the job completes; ``on_progress`` sees each poll. Raises :class:`JobTimeout`."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            progress = self.progress(job_id)
+            try:
+                progress = self.progress(job_id)
+            except OperationalError:  # the database is restarting: the workers ride it out, so does the caller
+                if deadline is not None and time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
+                continue
             if on_progress:
                 on_progress(progress)
             if progress.finished:
