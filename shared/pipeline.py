@@ -159,8 +159,7 @@ def fusion_stage(settings: Settings, *, job_id: str, item_ids: list[int]) -> Agg
     the job's completion see every other aggregator's work."""
     with session_for(settings.effective_database_url) as session, session.begin():
         job, classifier = _job_classifier(session, job_id)
-        lock_job(session=session, job_id=job.id)
-        session.refresh(job)
+        lock_job(session=session, job_id=job.id)  # refreshes ``job`` in place
         outcome = _aggregate(settings, session, job, classifier, item_ids)
         refresh_job(session=session, job_id=job.id)
     return outcome
@@ -186,6 +185,8 @@ def _aggregate(settings: Settings, session, job: Job, classifier: Classifier | N
         plans = _plan_auto_items(settings, session, job, artifact, tiers, fused, decision, modes)
         keep = []
         for row, item in enumerate(fused):
+            if modes[item.item_id] == "auto" and tiers and item.item_id not in plans:
+                continue  # escalated by another aggregator: it comes back with the LLM's answer
             plan = plans.get(item.item_id)
             if plan is not None and plan.ask is not None:
                 outcome.escalate.setdefault(plan.ask.source, []).append(item.item_id)
@@ -234,7 +235,8 @@ def _signals(item: AggregationInput) -> list[str]:
 def _plan_auto_items(settings: Settings, session, job: Job, artifact: ClassifierArtifact, tiers: list[Tier],
                      items: list[AggregationInput], decision: Decision, modes: dict[int, str]) -> dict:
     """Plans for the auto items; records skipped tiers and admitted escalations (guarded by the
-    unique (item, source) key, so each happens at most once)."""
+    unique (item, source) key, so each happens at most once). An item whose escalation another
+    aggregator recorded first gets no plan: its LLM answer will bring it back."""
     auto = [(row, i) for row, i in enumerate(items) if modes[i.item_id] == "auto"]
     if not auto or not tiers:
         return {}
@@ -243,11 +245,10 @@ def _plan_auto_items(settings: Settings, session, job: Job, artifact: Classifier
     now = utcnow()
     lease = now + dt.timedelta(seconds=settings.item_lease_seconds)
     tier_index = {t.source: n for n, t in enumerate(tiers)}
-    plans, new_rows, first_escalations = {}, [], 0
+    plans, new_rows, first_time = {}, [], {}
     for row, item in auto:
-        climbed = set(item.requests)
         escalated_before = any(r.status != "skipped" for r in item.requests.values())
-        plan = plan_escalation(float(decision.confidence[row]), tiers, climbed=climbed,
+        plan = plan_escalation(float(decision.confidence[row]), tiers, climbed=set(item.requests),
                                escalated_before=escalated_before, unavailable=unavailable, ledger=ledger)
         for source, reason in plan.skipped.items():
             new_rows.append(request_row(job_id=job.id, item_id=item.item_id, tier=tier_index[source], source=source,
@@ -256,14 +257,11 @@ def _plan_auto_items(settings: Settings, session, job: Job, artifact: Classifier
         if plan.ask is not None:
             new_rows.append(request_row(job_id=job.id, item_id=item.item_id, tier=tier_index[plan.ask.source],
                                         source=plan.ask.source, reason="escalation", lease_until=lease, now=now))
-            first_escalations += int(not escalated_before)
+            first_time[item.item_id] = not escalated_before
         plans[item.item_id] = plan
     added = add_requests(session=session, rows=new_rows)
-    for item_id, plan in list(plans.items()):
-        if plan.ask is not None and item_id not in added:  # another aggregator escalated it first
-            plans[item_id] = None
-    job.n_escalated += first_escalations
-    return plans
+    job.n_escalated += sum(1 for item_id in added if first_time.get(item_id))
+    return {item_id: plan for item_id, plan in plans.items() if plan.ask is None or item_id in added}
 
 
 def _budget_ledger(session, job: Job, artifact: ClassifierArtifact) -> BudgetLedger | None:

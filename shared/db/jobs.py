@@ -168,14 +168,25 @@ def claim_requests(*, session: Session, item_ids: Sequence[int], source: str, le
 
 
 def store_request_results(*, session: Session, source: str, results: dict[int, TextScore]) -> None:
-    """Record each item's answer from ``source``: done with scores and cost, or failed with the reason."""
+    """Record each item's answer from ``source``: done with scores and cost, or failed with the reason.
+
+    One executemany for the whole batch; only still-queued requests change, so a re-run is a no-op.
+    """
+    if not results:
+        return
     now = utcnow()
-    for item_id, score in results.items():
-        values = ({"status": "failed", "error": (score.error or "LLM answer failed")[:4000]} if score.method == "failed"
-                  else {"status": "done", "scores": [float(p) for p in score.probabilities], "method": score.method})
-        session.execute(sa.update(LlmRequest).where(LlmRequest.item_id == item_id, LlmRequest.source == source,
-                                                    LlmRequest.status == "queued")
-                        .values(cost_usd=score.spent_usd, updated_at=now, **values))
+    rows = [{"b_item": item_id, "b_status": "failed" if s.method == "failed" else "done",
+             "b_scores": None if s.method == "failed" else [float(p) for p in s.probabilities],
+             "b_method": None if s.method == "failed" else s.method,
+             "b_error": (s.error or "LLM answer failed")[:4000] if s.method == "failed" else None,
+             "b_cost": s.spent_usd} for item_id, s in results.items()]
+    statement = (sa.update(LlmRequest)
+                 .where(LlmRequest.item_id == sa.bindparam("b_item"), LlmRequest.source == source,
+                        LlmRequest.status == "queued")
+                 .values(status=sa.bindparam("b_status"), scores=sa.bindparam("b_scores", type_=sa.JSON),
+                         method=sa.bindparam("b_method"), error=sa.bindparam("b_error"),
+                         cost_usd=sa.bindparam("b_cost"), updated_at=now))
+    session.connection().execute(statement, rows)
 
 
 def job_for_idempotency_key(session: Session, key: str, classifier: Classifier | None,
@@ -231,11 +242,13 @@ def store_features(*, session: Session, encoder_key: str, vectors: dict[int, byt
 
 
 def mark_failed(*, session: Session, errors: dict[int, str]) -> None:
-    """Record a final failure for items that are not already finished."""
-    now = utcnow()
-    for item_id, error in errors.items():
-        session.execute(sa.update(Item).where(Item.id == item_id, Item.status.in_(OPEN_STATUSES))
-                        .values(status="failed", error=error[:4000], updated_at=now))
+    """Record a final failure for items that are not already finished (one executemany)."""
+    if not errors:
+        return
+    still_open = sa.or_(*(Item.status == status for status in OPEN_STATUSES))  # executemany cannot expand IN
+    statement = (sa.update(Item).where(Item.id == sa.bindparam("b_id"), still_open)
+                 .values(status="failed", error=sa.bindparam("b_error"), updated_at=utcnow()))
+    session.connection().execute(statement, [{"b_id": i, "b_error": e[:4000]} for i, e in errors.items()])
 
 
 @dataclass(frozen=True)
@@ -298,7 +311,8 @@ def llm_usage_by_source(*, session: Session, job_id: uuid.UUID) -> dict[str, dic
 
 def lock_job(*, session: Session, job_id: uuid.UUID) -> Job:
     """The job row, locked until the transaction ends: one aggregator of a job at a time."""
-    job = session.scalars(sa.select(Job).where(Job.id == job_id).with_for_update()).first()
+    job = session.scalars(sa.select(Job).where(Job.id == job_id).with_for_update()
+                          .execution_options(populate_existing=True)).first()  # fresh values, read under the lock
     if job is None:
         raise JobNotFound(f"no job {job_id}")
     return job

@@ -17,11 +17,11 @@ import uuid
 import pytest
 import redis
 import sqlalchemy as sa
-from sqlalchemy.exc import OperationalError
 
 from shared.client import FusionqClient
 from shared.db.engine import dispose_engines, session_for, upgrade
 from shared.db.models import Item, LlmRequest, Prediction
+from shared.errors import JobTimeout
 from shared.settings import Settings
 from tests.conftest import PG_ADMIN_URL, REDIS_URL, TOPIC_WORDS, make_topic_texts, train_topics
 from tests.support.fake_openai import FakeOpenAIServer, keyword_answer
@@ -102,17 +102,12 @@ def submit(cluster: Cluster, n_per_class: int, *, mode: str, seed: int, key: str
 
 
 def wait_surviving_outages(cluster: Cluster, job_id, timeout: float = 240.0) -> None:
-    """Wait for the job, riding out a database that is restarting."""
-    deadline = time.monotonic() + timeout
+    """Wait for the job; ``client.wait`` rides out a database that is restarting."""
     with FusionqClient(cluster.settings) as client:
-        while time.monotonic() < deadline:
-            try:
-                if client.progress(job_id).finished:
-                    return
-            except OperationalError:
-                dispose_engines()
-            time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not complete within {timeout:.0f}s; logs in {cluster.log_dir}")
+        try:
+            client.wait(job_id, timeout=timeout)
+        except JobTimeout:
+            raise AssertionError(f"job {job_id} did not complete within {timeout:.0f}s; logs in {cluster.log_dir}") from None
 
 
 def audit(cluster: Cluster, job_id) -> dict:

@@ -28,24 +28,15 @@ def test_invalid_utf8_names_the_byte_and_line(tmp_path):
         read_labelled(path)
 
 
-def test_missing_column_says_what_was_found(tmp_path):
+@pytest.mark.parametrize("content, says", [
+    ("body,label\nx,a\n", r"missing column\(s\) text; the header is \['body', 'label'\]"),  # says what was found
+    ("text\nx\n", "text,label"),                                                       # explains both formats
+    ("text,label\ngood,a\nbad, unquoted,b\n", "line 3: 3 fields"),                       # names the line
+])
+def test_malformed_csv_is_reported_with_what_is_wrong_and_where(tmp_path, content, says):
     path = tmp_path / "d.csv"
-    path.write_text("body,label\nx,a\n", encoding="utf-8")
-    with pytest.raises(DataFileError, match=r"missing column\(s\) text; the header is \['body', 'label'\]"):
-        read_labelled(path)
-
-
-def test_missing_label_column_explains_both_formats(tmp_path):
-    path = tmp_path / "d.csv"
-    path.write_text("text\nx\n", encoding="utf-8")
-    with pytest.raises(DataFileError, match="text,label"):
-        read_labelled(path)
-
-
-def test_row_with_extra_fields_is_reported_with_its_line(tmp_path):
-    path = tmp_path / "d.csv"
-    path.write_text("text,label\ngood,a\nbad, unquoted,b\n", encoding="utf-8")
-    with pytest.raises(DataFileError, match="line 3: 3 fields"):
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(DataFileError, match=says):
         read_labelled(path)
 
 
