@@ -32,9 +32,9 @@ from shared.db.models import Classifier, Item, Prediction
 from shared.db.registry import find_classifier
 from shared.errors import InputError, JobTimeout
 from shared.llm.prompts import LabelSet
-from shared.llm.sources import source_spec
+from shared.llm.sources import configured_sources, source_spec
 from shared.schemas import ItemResult, JobProgress, JobStats, TierStats
-from shared.serving import WORKER_SOURCES, Budget, check_mode, parse_tiers, resolve_tiers
+from shared.serving import Budget, check_mode, parse_tiers, resolve_tiers
 from shared.settings import Settings, get_settings
 from shared.task_names import EMBED_TASK, LLM_TASKS
 
@@ -160,7 +160,7 @@ class FusionqClient:
     def _escalation_plan(self, clf: Classifier, used_modes: set[str]) -> dict:
         """The job's tiers (auto/full) and LLM-alone source (llm) for this classifier, or a clear refusal."""
         info = (clf.metrics or {}).get("serving") or {}
-        configured = [s for s in WORKER_SOURCES if {"local": self.settings.llm_local, "api": self.settings.llm_api}[s]]
+        configured = configured_sources(self.settings)
         wanted = parse_tiers(self.settings.escalation_tiers)
         tiers = resolve_tiers(wanted, classifier_sources=info.get("llm_sources") or [], configured_sources=configured,
                               default_threshold=info.get("escalation_threshold"))

@@ -37,9 +37,18 @@ def parse_llm_spec(text: str) -> LLMSpec:
     raise ConfigError(f"LLM spec {text!r}: unknown backend {backend!r}; use hf or openai")
 
 
+def _configured_value(settings: Settings, source: str) -> str | None:
+    return {"local": settings.llm_local, "api": settings.llm_api}.get(source)
+
+
+def configured_sources(settings: Settings) -> list[str]:
+    """The worker sources that have an LLM configured, in tier order (local, api)."""
+    return [s for s in ("local", "api") if _configured_value(settings, s)]
+
+
 def source_spec(settings: Settings, source: str) -> LLMSpec:
     """The spec configured for a worker source, ``local`` (FUSIONQ_LLM_LOCAL) or ``api`` (FUSIONQ_LLM_API)."""
-    value = {"local": settings.llm_local, "api": settings.llm_api}.get(source)
+    value = _configured_value(settings, source)
     if source not in ("local", "api"):
         raise ConfigError(f"unknown LLM source {source!r}: use local or api")
     if not value:
