@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from shared.autofusion import AutoFusionClassifier  # noqa: E402
+from shared.service.autofusion import AutoFusionClassifier  # noqa: E402
 from shared.encoders.finetune import FinetuneConfig  # noqa: E402
 from shared.encoders.hf import get_encoder  # noqa: E402
 from shared.encoders.spec import EncoderSpec  # noqa: E402

@@ -30,7 +30,7 @@ from shared.encoders.hf import get_encoder  # noqa: E402
 from shared.encoders.spec import EncoderSpec  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.textio import read_labelled, read_texts  # noqa: E402
-from shared.trainer import train_classifier  # noqa: E402
+from shared.service.training import train_classifier  # noqa: E402
 from workers.launch import start_worker, stop_worker  # noqa: E402
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"

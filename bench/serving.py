@@ -31,7 +31,7 @@ from shared.db.engine import dispose_engines, upgrade  # noqa: E402
 from shared.demo import stratified_sample  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.textio import read_labelled, read_texts  # noqa: E402
-from shared.trainer import train_classifier  # noqa: E402
+from shared.service.training import train_classifier  # noqa: E402
 from tests.support.fake_openai import FakeOpenAIServer  # noqa: E402
 from workers.launch import start_beat, start_worker, stop_worker  # noqa: E402
 

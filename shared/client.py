@@ -6,7 +6,10 @@
 ...     [r.labels for r in client.results(job_id)]
 [['business']]
 
-With no broker configured the client also runs the embedded worker in this process.
+The client stores jobs in the database and hands their messages to a
+:class:`~shared.dispatch.Dispatcher`. Given none, it connects the one ``workers.dispatch`` builds
+for its settings on first use: a Celery app on the configured broker, or, with no broker
+configured, the embedded worker in this process. Importing this module imports no Celery.
 """
 
 from __future__ import annotations
@@ -15,28 +18,22 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 
-import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import OperationalError
 
 from shared.db.engine import ensure_schema, session_for
-from shared.db.jobs import (
-    create_job,
-    get_job,
-    job_for_idempotency_key,
-    job_result_rows,
-    llm_usage_by_source,
-    pending_item_batches,
-    queued_request_batches,
-)
-from shared.db.models import Classifier, Item, Prediction
-from shared.db.registry import find_classifier
+from shared.db.items import job_result_rows
+from shared.db.jobs import flag_counts, get_job
+from shared.db.llm import llm_usage_by_source
+from shared.db.models import Classifier
+from shared.dispatch import Dispatcher
 from shared.errors import InputError, JobTimeout
 from shared.llm.prompts import LabelSet
-from shared.llm.sources import configured_sources, source_spec
+from shared.llm.sources import source_spec
 from shared.schemas import ItemResult, JobProgress, JobStats, TierStats
-from shared.serving import Budget, check_mode, parse_tiers, resolve_tiers
+from shared.service.policy import Budget, check_mode
+from shared.service.submit import store_job
 from shared.settings import Settings, get_settings
-from shared.task_names import EMBED_TASK, LLM_TASKS
+from shared.vocab import Mode, Source
 
 
 def _text_list(texts) -> list[str]:
@@ -51,30 +48,30 @@ def _text_list(texts) -> list[str]:
 class FusionqClient:
     """A caller's handle on fusionq. Close it (or use ``with``) to stop an embedded worker."""
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, *,
+                 dispatcher_factory: Callable[[Settings], Dispatcher] | None = None) -> None:
+        """``dispatcher_factory`` builds the dispatcher on first use (by default ``workers.dispatch.dispatcher_for``),
+        so a client that only reads never starts an embedded worker."""
         self.settings = settings or get_settings()
         self._url = self.settings.effective_database_url
         ensure_schema(self._url)
-        self._app = None
-        self._worker = None
+        self._dispatcher_factory = dispatcher_factory
+        self._dispatcher: Dispatcher | None = None
 
     @property
-    def app(self):
-        """The Celery app used to enqueue; starts the in-process worker in embedded mode."""
-        if self._app is None:
-            from workers.app import create_app
-
-            self._app = create_app(self.settings)
-            if self.settings.embedded:
-                from workers.embedded import EmbeddedWorker
-
-                self._worker = EmbeddedWorker(self._app).start()
-        return self._app
+    def dispatcher(self) -> Dispatcher:
+        """Where messages go; connected on first use (an embedded worker starts here in embedded mode)."""
+        if self._dispatcher is None:
+            factory = self._dispatcher_factory
+            if factory is None:
+                from workers.dispatch import dispatcher_for as factory  # the one seam from shared into workers
+            self._dispatcher = factory(self.settings)
+        return self._dispatcher
 
     def close(self) -> None:
-        if self._worker is not None:
-            self._worker.stop()
-            self._worker = None
+        if self._dispatcher is not None:
+            self._dispatcher.close()
+            self._dispatcher = None
 
     def __enter__(self) -> "FusionqClient":
         return self
@@ -82,7 +79,7 @@ class FusionqClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def submit(self, texts: Sequence[str], classifier: str, mode: str = "fast", *,
+    def submit(self, texts: Sequence[str], classifier: str, mode: str = Mode.FAST, *,
                idempotency_key: str | None = None, item_modes: Sequence[str | None] | None = None,
                budget_share: float | None = None, budget_items: int | None = None,
                budget_usd: float | None = None) -> uuid.UUID:
@@ -96,86 +93,36 @@ class FusionqClient:
         ``budget_exhausted``. Re-submitting with the same ``idempotency_key`` returns the first
         job and enqueues nothing.
         """
-        check_mode(mode)
+        mode = check_mode(mode)
         texts = _text_list(texts)
         if item_modes is not None:
             item_modes = list(item_modes)
             if len(item_modes) != len(texts):
                 raise InputError(f"item_modes has {len(item_modes)} entries for {len(texts)} texts: give one per text (None keeps the job's mode)")
-            for position, own in enumerate(item_modes):
-                if own is not None:
-                    check_mode(own, where=f"item_modes[{position}]")
+            item_modes = [None if own is None else check_mode(own, where=f"item_modes[{position}]")
+                          for position, own in enumerate(item_modes)]
         used = {mode} | {m for m in item_modes or () if m}
         budget = Budget.of(len(texts), share=budget_share, items=budget_items, usd=budget_usd)
-        if not budget.unlimited and "auto" not in used:
+        if not budget.unlimited and Mode.AUTO not in used:
             raise InputError("a budget caps auto escalation; this job has no item in mode auto "
                              "(full and llm modes ask the LLM for every item by definition)")
         return self._submit(texts, classifier_ref=classifier, mode=mode, key=idempotency_key, item_modes=item_modes,
                             used_modes=used, budget=budget)
 
-    def submit_llm(self, texts: Sequence[str], labels: LabelSet, *, multi_label: bool = False, source: str = "local",
-                   idempotency_key: str | None = None) -> uuid.UUID:
+    def submit_llm(self, texts: Sequence[str], labels: LabelSet, *, multi_label: bool = False,
+                   source: str = Source.LOCAL, idempotency_key: str | None = None) -> uuid.UUID:
         """A job answered by one LLM source alone (``local`` or ``api``): its scores become the predictions."""
         source_spec(self.settings, source)  # refuse an unconfigured source before anything is stored
         job_labels = {"names": list(labels.names), "descriptions": list(labels.descriptions)}
-        return self._submit(_text_list(texts), classifier_ref=None, mode="llm", key=idempotency_key,
-                            labels=job_labels, multi_label=multi_label, llm_source=source)
+        return self._submit(_text_list(texts), classifier_ref=None, mode=Mode.LLM, key=idempotency_key,
+                            labels=job_labels, multi_label=multi_label, llm_source=Source(source))
 
     def _submit(self, texts: list[str], *, classifier_ref: str | None, mode: str, key: str | None, **job) -> uuid.UUID:
-        app = self.app  # start the embedded worker before the job exists
-        try:
-            job_id, sends = self._store_job(texts, classifier_ref, mode, key, job)
-        except IntegrityError:
-            if not key:
-                raise
-            with session_for(self._url) as session:  # a concurrent submit with this key won
-                clf = find_classifier(session=session, ref=classifier_ref) if classifier_ref else None
-                job_id, sends = job_for_idempotency_key(session, key, clf, texts).id, []
+        dispatcher = self.dispatcher  # connect (start the embedded worker) before the job exists
+        job_id, sends = store_job(self.settings, texts, classifier_ref=classifier_ref, mode=mode, key=key, **job)
         for task, batch in sends:  # only after commit, so a worker always finds the rows
-            app.send_task(task, args=[str(job_id), batch])
+            dispatcher.send(task, str(job_id), batch)
         return job_id
-
-    def _store_job(self, texts: list[str], classifier_ref: str | None, mode: str, key: str | None,
-                   job: dict) -> tuple[uuid.UUID, list[tuple[str, list[int]]]]:
-        with session_for(self._url) as session, session.begin():
-            clf = find_classifier(session=session, ref=classifier_ref) if classifier_ref else None
-            job = dict(job)
-            used_modes = job.pop("used_modes", None)
-            budget = job.pop("budget", None) or Budget()
-            if clf is not None:
-                job.update(self._escalation_plan(clf, used_modes))
-            row, created = create_job(session=session, classifier=clf, texts=texts, mode=mode, idempotency_key=key,
-                                      max_text_chars=self.settings.max_text_chars,
-                                      lease_seconds=self.settings.item_lease_seconds,
-                                      budget_items=budget.items, budget_usd=budget.usd, **job)
-            if not created:
-                return row.id, []
-            sends = [(EMBED_TASK, batch) for batch in pending_item_batches(
-                session=session, job_id=row.id, items_per_batch=self.settings.embed_items_per_task)]
-            for source, batches in queued_request_batches(session=session, job_id=row.id,
-                                                          items_per_batch=self.settings.llm_batch_items).items():
-                sends += [(LLM_TASKS[source], batch) for batch in batches]
-            return row.id, sends
-
-    def _escalation_plan(self, clf: Classifier, used_modes: set[str]) -> dict:
-        """The job's tiers (auto/full) and LLM-alone source (llm) for this classifier, or a clear refusal."""
-        info = (clf.metrics or {}).get("serving") or {}
-        configured = configured_sources(self.settings)
-        wanted = parse_tiers(self.settings.escalation_tiers)
-        tiers = resolve_tiers(wanted, classifier_sources=info.get("llm_sources") or [], configured_sources=configured,
-                              default_threshold=info.get("escalation_threshold"))
-        needs_tiers = sorted(used_modes & {"auto", "full"})
-        if needs_tiers and not tiers:
-            raise InputError(
-                f"mode {needs_tiers[0]} needs an LLM tier that classifier {clf.name}@{clf.version} was trained with: it "
-                f"takes LLM sources {info.get('llm_sources') or 'none'}, FUSIONQ_ESCALATION_TIERS is "
-                f"{self.settings.escalation_tiers!r} and the configured LLMs are {configured or 'none'}. Train with "
-                "--llm local (or api), set FUSIONQ_LLM_LOCAL / FUSIONQ_LLM_API, or use mode fast")
-        alone = next((t.source for t in wanted if t.source in configured), None)
-        if "llm" in used_modes and alone is None:
-            raise InputError("mode llm needs an LLM: set FUSIONQ_LLM_LOCAL or FUSIONQ_LLM_API "
-                             f"(tiers {self.settings.escalation_tiers!r})")
-        return {"tiers": [t.as_dict() for t in tiers], "llm_source": alone if "llm" in used_modes else None}
 
     def progress(self, job_id: uuid.UUID | str) -> JobProgress:
         """Counts and status of a job, from the database."""
@@ -196,11 +143,7 @@ class FusionqClient:
             sources = list(thresholds) + [s for s in usage if s not in thresholds]
             tiers = [TierStats(source=s, threshold=thresholds.get(s), **{k: v for k, v in usage.get(s, {}).items()})
                      for s in sources]
-            flags: dict[str, int] = {}
-            for item_flags in session.scalars(sa.select(Prediction.flags).join(Item, Item.id == Prediction.item_id)
-                                              .where(Item.job_id == job.id)):
-                for flag in item_flags or ():
-                    flags[flag] = flags.get(flag, 0) + 1
+            flags = flag_counts(session=session, job_id=job.id)
             return JobStats(job_id=job.id, mode=job.mode, status=job.status, n_items=job.n_items, n_done=job.n_done,
                             n_failed=job.n_failed, n_escalated=job.n_escalated, budget_items=job.budget_items,
                             budget_usd=job.budget_usd, llm_cost_usd=sum(t.cost_usd for t in tiers), tiers=tiers,
@@ -248,7 +191,7 @@ class FusionqClient:
                 ))
             return results
 
-    def classify(self, texts: Sequence[str], classifier: str, mode: str = "fast", *, timeout: float | None = None,
+    def classify(self, texts: Sequence[str], classifier: str, mode: str = Mode.FAST, *, timeout: float | None = None,
                  on_progress: Callable[[JobProgress], None] | None = None, **submit_options) -> list[ItemResult]:
         """submit + wait + results in one call; ``submit_options`` as for :meth:`submit` (budgets, item modes)."""
         job_id = self.submit(texts, classifier, mode, **submit_options)

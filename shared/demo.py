@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
@@ -13,7 +14,7 @@ from shared.errors import DataFileError
 from shared.evaluation import confusion_table, evaluate_classifier
 from shared.settings import Settings
 from shared.textio import LabelledData, read_labelled
-from shared.trainer import train_classifier
+from shared.service.training import train_classifier
 
 
 def sample_dir() -> Path:
@@ -37,10 +38,10 @@ def stratified_sample(data: LabelledData, n: int, *, seed: int = 0) -> LabelledD
                    source=f"{data.source} (stratified sample of {len(keep)}, seed {seed})")
 
 
-def run_demo(settings: Settings, *, data_dir: Path | None, name: str, out_dir: Path, max_train: int | None,
+def run_demo(settings: Settings, *, connect: Callable[[Settings], FusionqClient], data_dir: Path | None, name: str, out_dir: Path, max_train: int | None,
              show_progress: bool = True, **options) -> dict:
     """Train (``options`` go to :class:`AutoFusionClassifier`), classify the test file through the
-    Celery tasks, evaluate."""
+    Celery tasks (through the client ``connect`` makes), evaluate."""
     folder = Path(data_dir) if data_dir else sample_dir()
     for part in ("train.csv", "test.csv"):
         if not (folder / part).is_file():
@@ -58,7 +59,7 @@ def run_demo(settings: Settings, *, data_dir: Path | None, name: str, out_dir: P
           f"validation accuracy {trained.validation['accuracy_calibrated']:.3f}")
     mode = "embedded worker, in-memory broker" if settings.embedded else f"workers on {settings.effective_broker_url}"
     print(f"classifying {len(test.texts)} held-out texts through the Celery tasks ({mode}) ...")
-    with FusionqClient(settings) as client:
+    with connect(settings) as client:
         report = evaluate_classifier(client, classifier=ref, data=test, out_dir=out_dir, show_progress=show_progress)
     print(f"\naccuracy {report['accuracy']:.4f}   macro-F1 {report['macro_f1']:.4f}   ECE {report['ece']:.4f}   "
           f"({report['n_texts']} texts, {report['texts_per_second']} texts/s)")

@@ -5,21 +5,25 @@
   + InputError                  bad input from a caller; never retried
   |  + DataFileError            a CSV that cannot be read: encoding, missing column, bad row
   |  + UnknownLabelError        a label the classifier does not know
+  |  + IdempotencyConflict      an idempotency key reused for a different request
   + ClassifierNotFound          no classifier of that name (and version) in the registry
   + ArtifactError               a classifier artifact that is missing, corrupt or mismatched
   + EncoderError                an encoder that cannot be loaded or run
   + SchemaError                 the database is not migrated to the code's revision
   + JobNotFound                 no job with that id
-  + IdempotencyConflict         an idempotency key reused for a different request
   + JobTimeout                  waiting for a job took longer than asked
   + RegistryConflict            two processes published the same classifier version at once
   + ScorerError                 an LLM scorer could not produce scores
+     + LLMLoadError             an in-process LLM that cannot be loaded
      + LLMAnswerError           the LLM answered, but not in a form we can read (never a default class)
      + ProviderError            the provider failed: HTTP error, timeout, refused connection
      |  + RateLimited           429 after every retry (carries Retry-After when given)
      |  + ProviderTimeout       no answer within the timeout
      |  + LogprobsUnsupported   the provider rejects the logprobs parameter (fall back to votes)
+     + RateLimitWait            the shared rate limit left no call slot within the wait allowed
      + CircuitOpen              the provider failed repeatedly; calls are paused for a while
+
+The CLI prints any FusionqError's message and exits with status 2.
 """
 
 
@@ -79,6 +83,10 @@ class ScorerError(FusionqError):
     """Raised when an LLM scorer cannot produce scores for a request."""
 
 
+class LLMLoadError(ScorerError):
+    """Raised when an in-process LLM (the ``hf`` backend) cannot be loaded."""
+
+
 class LLMAnswerError(ScorerError):
     """Raised when an LLM answer cannot be read as class scores; the text gets no LLM signal."""
 
@@ -101,6 +109,10 @@ class ProviderTimeout(ProviderError):
 
 class LogprobsUnsupported(ProviderError):
     """Raised when a provider rejects the logprobs parameter; callers fall back to JSON votes."""
+
+
+class RateLimitWait(ScorerError):
+    """Raised when the shared rate limit leaves no call slot within the time a caller may wait."""
 
 
 class CircuitOpen(ScorerError):

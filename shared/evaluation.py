@@ -13,9 +13,14 @@ from shared.client import FusionqClient
 from shared.db.engine import session_for
 from shared.db.registry import find_classifier
 from shared.metrics import evaluate_predictions
-from shared.progress import progress_bar
-from shared.schemas import ItemResult, JobProgress
+from shared.progress import wait_with_progress
+from shared.fusion.predict import decide_from_probabilities
+from shared.llm.prompts import LabelSet
+from shared.llm.sources import choose_llm
+from shared.schemas import ItemResult
+from shared.scoring import score_texts
 from shared.textio import LabelledData, check_known_labels
+from shared.vocab import ItemStatus, ScoreMethod
 
 
 def classify_with_progress(client: FusionqClient, texts: list[str], classifier: str, *, mode: str = "fast",
@@ -27,16 +32,6 @@ def classify_with_progress(client: FusionqClient, texts: list[str], classifier: 
     return job_id, client.results(job_id)
 
 
-def wait_with_progress(client: FusionqClient, job_id, *, total: int, desc: str, show_progress: bool,
-                       timeout: float | None) -> JobProgress:
-    """Wait for a job with a progress bar of its finished items."""
-    with progress_bar(total=total, desc=desc, unit="text", enabled=show_progress) as bar:
-        def update(progress: JobProgress) -> None:
-            if progress.n_terminal > bar.n:
-                bar.update(progress.n_terminal - bar.n)
-        return client.wait(job_id, timeout=timeout, on_progress=update)
-
-
 def evaluate_classifier(client: FusionqClient, *, classifier: str, data: LabelledData, out_dir: Path,
                         show_progress: bool = True) -> dict:
     """Classify ``data`` through the service and report accuracy, F1, ECE and coverage-accuracy."""
@@ -46,7 +41,7 @@ def evaluate_classifier(client: FusionqClient, *, classifier: str, data: Labelle
     check_known_labels(data, labels)
     started = time.perf_counter()
     _, results = classify_with_progress(client, data.texts, ref, desc=f"evaluate {ref}", show_progress=show_progress)
-    predicted = [r.labels if r.status == "done" else None for r in results]
+    predicted = [r.labels if r.status == ItemStatus.DONE else None for r in results]
     confidence = [r.confidence for r in results]
     return write_report(name=ref, data=data, labels=labels, multi_label=multi_label, predicted=predicted,
                         confidence=confidence, seconds=time.perf_counter() - started, out_dir=out_dir)
@@ -84,16 +79,13 @@ def write_report(*, name: str, data: LabelledData, labels: list[str], multi_labe
     return report
 
 
-def evaluate_llm(settings, *, llm: str, data: LabelledData, out_dir: Path, show_progress: bool = True) -> dict:
+def evaluate_llm(settings, *, llm: str, data: LabelledData, out_dir: Path, show_progress: bool = True,
+                 client: FusionqClient | None = None) -> dict:
     """The LLM alone as a classifier (argmax of its scores, or >= 0.5 per class when multi-label)."""
-    from shared.fusion.predict import decide_from_probabilities
-    from shared.llm.prompts import LabelSet
-    from shared.llm.run import choose_llm, score_texts
-
     labels = data.label_names()
     started = time.perf_counter()
     scores = score_texts(settings, llm=llm, labels=LabelSet(tuple(labels)), multi_label=data.multi_label,
-                         texts=data.texts, show_progress=show_progress)
+                         texts=data.texts, show_progress=show_progress, client=client)
     predicted: list[list[str] | None] = []
     confidence: list[float | None] = []
     for score in scores:
@@ -104,7 +96,7 @@ def evaluate_llm(settings, *, llm: str, data: LabelledData, out_dir: Path, show_
         decision = decide_from_probabilities(np.array([score.probabilities]), multi_label=data.multi_label)
         predicted.append([labels[c] for c in np.flatnonzero(decision.label_matrix[0])])
         confidence.append(float(decision.confidence[0]))
-    methods = {m: sum(s.method == m for s in scores) for m in ("logprobs", "vote", "failed")}
+    methods = {str(m): sum(s.method == m for s in scores) for m in ScoreMethod}
     extra = {"llm": choose_llm(settings, llm).spec.name, "llm_methods": methods,
              "llm_cost_usd": round(sum(s.spent_usd for s in scores), 6),
              "llm_tokens_in": sum(s.tokens_in for s in scores), "llm_tokens_out": sum(s.tokens_out for s in scores)}

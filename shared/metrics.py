@@ -1,10 +1,9 @@
-"""Classification metrics: accuracy, F1, per-class report, confusion, ECE, coverage-accuracy."""
+"""Classification metrics (plain numpy): accuracy, F1, per-class report, confusion, ECE, coverage-accuracy."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from shared.fusion.calibration import expected_calibration_error
 
 COVERAGES = (0.5, 0.7, 0.9, 1.0)
 
@@ -70,3 +69,35 @@ def confusion_matrix(true: np.ndarray, pred: np.ndarray, n_classes: int) -> np.n
     matrix = np.zeros((n_classes, n_classes), dtype=np.int64)
     np.add.at(matrix, (true, pred), 1)
     return matrix
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, *, n_bins: int = 15) -> float:
+    """ECE: mean |accuracy - confidence| over equal-width confidence bins, weighted by bin size."""
+    confidence = np.asarray(confidence, dtype=np.float64)
+    correct = np.asarray(correct, dtype=np.float64)
+    if confidence.size == 0:
+        return 0.0
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
+    ece = 0.0
+    for b in range(n_bins):
+        in_bin = bins == b
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return float(ece)
+
+
+def score_logits(logits: np.ndarray, y: np.ndarray, multi_label: bool) -> float:
+    """Accuracy (single-label) or micro-F1 at logit 0 (multi-label)."""
+    if not multi_label:
+        return float((logits.argmax(1) == y).mean())
+    predicted = logits > 0
+    tp = float((predicted & (y > 0.5)).sum())
+    return 2 * tp / max(float(predicted.sum() + (y > 0.5).sum()), 1.0)
+
+
+def correct_rows(label_matrix: np.ndarray, y: np.ndarray, multi_label: bool) -> np.ndarray:
+    """Per row: the exact label set (multi-label) or the class (single-label) is right."""
+    if multi_label:
+        return (label_matrix == (y > 0.5)).all(1)
+    return label_matrix.argmax(1) == y

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.autofusion import AutoFusionClassifier
+from shared.service.autofusion import AutoFusionClassifier
 from shared.fusion.predict import decide_from_probabilities
 from shared.evaluation import score_predictions
 from shared.textio import LabelledData, check_known_labels
+from shared.vocab import Mode
 
 
 def _pyplot():
@@ -77,20 +78,20 @@ def compare_modes(clf: AutoFusionClassifier, data: LabelledData, out_dir: Path, 
     started = time.perf_counter()
     features = clf.features(data.texts)
     encode_s = time.perf_counter() - started
-    modes: dict[str, dict] = {}
+    modes: dict[str, dict] = {}  # keyed by plain mode names: they are written to JSON
     confidences: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     n = len(data.texts)
-    order = ["fast"] + (["auto", "full"] if artifact.llm_sources else [])
+    order = [Mode.FAST] + ([Mode.AUTO, Mode.FULL] if artifact.llm_sources else [])
     full_batch = None
     for mode in order:
         batch = clf.predict_batch(data.texts, mode, features=features)
         seconds = encode_s + batch.seconds.get("llm", 0.0)
-        modes[mode], correct = _mode_row(batch.labels, batch.decision.confidence, data, artifact, seconds,
+        modes[str(mode)], correct = _mode_row(batch.labels, batch.decision.confidence, data, artifact, seconds,
                                          escalated=float(batch.escalated.mean()), questions=batch.llm_questions,
                                          calls=batch.llm_calls, cost=batch.llm_cost_usd, spent=batch.llm_spent_usd,
                                          n=n)
-        confidences[mode] = (batch.decision.confidence, correct)
-        if mode == "full":
+        confidences[str(mode)] = (batch.decision.confidence, correct)
+        if mode == Mode.FULL:
             full_batch = batch
     if full_batch is not None:  # each LLM alone, from the answers the full mode gathered
         for s, source in enumerate(artifact.llm_sources):

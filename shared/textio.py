@@ -146,3 +146,24 @@ def check_known_labels(data: LabelledData, labels: list[str]) -> None:
         detail = "; ".join(f"{name!r} (data rows {', '.join(map(str, rows[:5]))}{'...' if len(rows) > 5 else ''})"
                            for name, rows in sorted(unknown.items()))
         raise UnknownLabelError(f"{data.source}: label(s) the classifier does not know: {detail}. Known: {', '.join(labels)}")
+
+
+def as_labelled(data, *, source: str = "data") -> LabelledData:
+    """A CSV path, a :class:`LabelledData`, or ``(texts, labels)`` with one label or a list per text."""
+    if isinstance(data, LabelledData):
+        return data
+    if isinstance(data, (str, Path)):
+        return read_labelled(data)
+    try:
+        texts, labels = data
+    except (TypeError, ValueError):
+        raise InputError(f"{source}: give a CSV path, LabelledData or (texts, labels); got {type(data).__name__}") from None
+    texts, labels = list(texts), list(labels)
+    if len(texts) != len(labels):
+        raise InputError(f"{source}: {len(texts)} texts but {len(labels)} labels")
+    multi = any(isinstance(x, (list, tuple, set)) for x in labels)
+    rows = [sorted(str(n) for n in x) if isinstance(x, (list, tuple, set)) else [str(x)] for x in labels]
+    empty = [i + 1 for i, r in enumerate(rows) if not multi and not r[0].strip()]
+    if empty:
+        raise InputError(f"{source}: rows {empty[:5]} have an empty label")
+    return LabelledData(texts=texts, labels=rows, multi_label=multi, source=source)

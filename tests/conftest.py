@@ -220,7 +220,7 @@ def train_topics(settings: Settings, encoder_model: str, *, name: str = "topics"
     """Train and register a classifier on synthetic topic texts (with ``llms`` as fusion inputs)."""
     from shared.fusion.training import TrainingConfig
     from shared.textio import LabelledData
-    from shared.trainer import train_classifier
+    from shared.service.training import train_classifier
 
     texts, labels = make_topic_texts(n_per_class, seed=3)
     data = LabelledData(texts=texts, labels=[[label] for label in labels], multi_label=False, source="synthetic")

@@ -6,8 +6,8 @@ import logging
 
 from celery import Celery
 
-from shared.pipeline import embed_stage
-from shared.task_names import EMBED_TASK, FUSE_TASK
+from shared.dispatch import TaskName
+from shared.service.embed import embed_stage
 from workers.retry import DB_RETRY
 
 log = logging.getLogger(__name__)
@@ -16,11 +16,11 @@ log = logging.getLogger(__name__)
 def register(app: Celery, *, settings) -> None:
     """Define the embed task on ``app`` (tasks are bound to one app, so they enqueue on its broker)."""
 
-    @app.task(name=EMBED_TASK, bind=True, shared=False, **DB_RETRY)
+    @app.task(name=str(TaskName.EMBED), bind=True, shared=False, **DB_RETRY)
     def embed_items(self, job_id: str, item_ids: list[int]) -> int:
         """Embed the still-pending items among ``item_ids``; enqueue their fusion after commit."""
         embedded = embed_stage(settings, job_id=job_id, item_ids=item_ids)
         if embedded:
-            self.app.send_task(FUSE_TASK, args=[job_id, embedded])
+            self.app.send_task(str(TaskName.FUSE), args=[job_id, embedded])
         log.info("job %s: embedded %d of %d items", job_id, len(embedded), len(item_ids))
         return len(embedded)

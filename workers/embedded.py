@@ -12,7 +12,7 @@ import threading
 from celery import Celery
 from celery.worker import WorkController
 
-from workers.app import QUEUES
+from workers.celery_app import QUEUES
 
 
 class _ReadyWorkController(WorkController):

@@ -6,8 +6,9 @@ concurrency, decides the call rate (FUSIONQ_LLM_RATE_PER_SECOND).
 
 from celery import Celery
 
+from shared.vocab import Source
 from workers.llm_common import register_llm_task
 
 
 def register(app: Celery, *, settings) -> None:
-    register_llm_task(app, settings=settings, source="api")
+    register_llm_task(app, settings=settings, source=Source.API)

@@ -6,8 +6,9 @@ Against vLLM run it with many threads so vLLM's continuous batching stays fed:
 
 from celery import Celery
 
+from shared.vocab import Source
 from workers.llm_common import register_llm_task
 
 
 def register(app: Celery, *, settings) -> None:
-    register_llm_task(app, settings=settings, source="local")
+    register_llm_task(app, settings=settings, source=Source.LOCAL)

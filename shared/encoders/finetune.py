@@ -22,14 +22,13 @@ import numpy as np
 from shared.encoders.hf import load_tokenizer, pick_device, pool, resolve_model_path
 from shared.encoders.spec import EncoderSpec
 from shared.errors import ConfigError, EncoderError
+from shared.metrics import score_logits
+from shared.vocab import FinetuneMethod, values
 
 log = logging.getLogger(__name__)
-METHODS = ("full", "lora")
-
-
 @dataclass(frozen=True, kw_only=True)
 class FinetuneConfig:
-    method: str = "full"
+    method: str = FinetuneMethod.FULL
     epochs: int = 3
     learning_rate: float | None = None  # default: 5e-5 full, 2e-4 LoRA
     batch_size: int = 32
@@ -42,16 +41,16 @@ class FinetuneConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"fine-tuning method {self.method!r} is not one of {', '.join(METHODS)}")
+        if self.method not in values(FinetuneMethod):
+            raise ValueError(f"fine-tuning method {self.method!r} is not one of {', '.join(values(FinetuneMethod))}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("fine-tuning needs epochs >= 1 and batch_size >= 1")
-        if self.load_in_4bit and self.method != "lora":
+        if self.load_in_4bit and self.method != FinetuneMethod.LORA:
             raise ValueError("4-bit loading is for LoRA fine-tuning only (full fine-tuning needs trainable weights)")
 
     @property
     def lr(self) -> float:
-        return self.learning_rate or (5e-5 if self.method == "full" else 2e-4)
+        return self.learning_rate or (5e-5 if self.method == FinetuneMethod.FULL else 2e-4)
 
 
 @dataclass
@@ -220,8 +219,6 @@ def _validation_score(forward, backbone, head, val_ids, val_targets, multi_label
         for start in range(0, len(val_ids), batch_size):
             outputs.append(forward(val_ids[start:start + batch_size]).float().cpu().numpy())
     logits = np.concatenate(outputs) if outputs else np.zeros((0, 1))
-    from shared.fusion.training import score_logits
-
     return score_logits(logits, val_targets, multi_label)
 
 

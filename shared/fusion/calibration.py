@@ -42,22 +42,6 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, *, multi_label:
     return temperature if np.isfinite(temperature) and 1e-3 < temperature < 1e3 else 1.0
 
 
-def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, *, n_bins: int = 15) -> float:
-    """ECE: mean |accuracy - confidence| over equal-width confidence bins, weighted by bin size."""
-    confidence = np.asarray(confidence, dtype=np.float64)
-    correct = np.asarray(correct, dtype=np.float64)
-    if confidence.size == 0:
-        return 0.0
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    bins = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, n_bins - 1)
-    ece = 0.0
-    for b in range(n_bins):
-        in_bin = bins == b
-        if in_bin.any():
-            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
-    return float(ece)
-
-
 def fit_label_thresholds(probabilities: np.ndarray, targets: np.ndarray, *, default: float = 0.5) -> list[float]:
     """Per-class decision thresholds of a multi-label classifier that maximise each class's F1 on
     validation. Ties go to the threshold nearest ``default``; a class with no positive example in

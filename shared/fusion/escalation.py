@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from shared.metrics import correct_rows
+
 
 @dataclass(frozen=True)
 class EscalationTarget:
@@ -93,3 +95,26 @@ def escalation_curve(confidence: np.ndarray, correct_fast: np.ndarray, correct_f
             "llm_cost_per_1000": round(float(escalated.mean()) * 1000 * llm_cost_per_item, 6),
         })
     return points
+
+
+def calibrate_escalation(artifact, target: EscalationTarget, features: np.ndarray, y_val: np.ndarray, *,
+                         llm_scores: np.ndarray | None = None, llm_mask: np.ndarray | None = None,
+                         llm_cost_per_text: float = 0.0) -> dict:
+    """The threshold meeting ``target`` on the artifact's calibrated fast-path validation predictions, and
+    the whole trade-off curve (with the fused predictions' accuracy when LLM scores are given)."""
+    fast = artifact.decide(features)
+    correct_fast = correct_rows(fast.label_matrix, y_val, artifact.multi_label)
+    correct_fused = None
+    if llm_scores is not None:
+        fused = artifact.decide(features, llm_scores, llm_mask)
+        correct_fused = correct_rows(fused.label_matrix, y_val, artifact.multi_label)
+    threshold = choose_threshold(target, fast.confidence, correct_fast)
+    kept = fast.confidence >= threshold
+    return {
+        "target": target.to_dict(), "threshold": threshold,
+        "validation_escalated_share": float((~kept).mean()),
+        "validation_kept_accuracy": float(correct_fast[kept].mean()) if kept.any() else None,
+        "validation_size": int(len(y_val)),
+        "llm_cost_per_text_usd": llm_cost_per_text,
+        "curve": escalation_curve(fast.confidence, correct_fast, correct_fused, llm_cost_per_item=llm_cost_per_text),
+    }

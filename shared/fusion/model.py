@@ -11,10 +11,14 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
 from shared.fusion.operators import BlockFusion, check_operator
+
+# The temperature key of the signal pattern with no LLM source present (stored in artifacts as "encoder").
+ENCODER_ONLY_PATTERN = "encoder"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,3 +110,9 @@ class FusionModel(nn.Module):
             scores = llm_scores.to(x.dtype) * mask.unsqueeze(-1)
             x = torch.cat([x, scores.flatten(1), mask], dim=-1)
         return self.head(x)
+
+
+def pattern_key(present: tuple[bool, ...] | np.ndarray, sources: tuple[str, ...]) -> str:
+    """Name of a signal pattern: the present LLM sources joined by '+', or 'encoder' when none."""
+    names = [s for s, on in zip(sources, present) if on]
+    return "+".join(names) if names else ENCODER_ONLY_PATTERN

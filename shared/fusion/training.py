@@ -11,12 +11,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from shared.fusion.calibration import expected_calibration_error, fit_label_thresholds, fit_temperature
-from shared.fusion.model import FusionConfig, FusionModel
+from shared.fusion.calibration import fit_label_thresholds, fit_temperature
+from shared.fusion.model import ENCODER_ONLY_PATTERN, FusionConfig, FusionModel, pattern_key
 from shared.fusion.predict import decide
+from shared.metrics import correct_rows, expected_calibration_error, score_logits
 
 log = logging.getLogger(__name__)
-ENCODER_ONLY = "encoder"  # the signal pattern with no LLM source present
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,12 +130,6 @@ def split_train_validation(targets: np.ndarray, *, val_fraction: float, seed: in
     return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(val, dtype=np.int64))
 
 
-def pattern_key(present: tuple[bool, ...] | np.ndarray, sources: tuple[str, ...]) -> str:
-    """Name of a signal pattern: the present LLM sources joined by '+', or 'encoder' when none."""
-    names = [s for s, on in zip(sources, present) if on]
-    return "+".join(names) if names else ENCODER_ONLY
-
-
 def all_patterns(sources: tuple[str, ...]) -> list[tuple[bool, ...]]:
     """Every subset of the sources, the encoder-only pattern first."""
     return sorted(itertools.product((False, True), repeat=len(sources)), key=sum)
@@ -190,7 +184,7 @@ def train_fusion(
     if multi_label:
         fast_logits = logits_of(model, val, pattern=(False,) * len(llm_sources))
         thresholds = fit_label_thresholds(
-            decide(fast_logits / temperatures[ENCODER_ONLY], multi_label=True).probabilities, y_val)
+            decide(fast_logits / temperatures[ENCODER_ONLY_PATTERN], multi_label=True).probabilities, y_val)
     return TrainedFusion(model=model, temperatures=temperatures, labels=list(labels), multi_label=multi_label,
                          label_thresholds=thresholds,
                          validation=validation_report(model, val, y_val, temperatures, thresholds),
@@ -256,15 +250,6 @@ def logits_of(model: FusionModel, signals: Signals, *, pattern: tuple[bool, ...]
         return model(*signals.tensors(pattern=pattern)).numpy()
 
 
-def score_logits(logits: np.ndarray, y: np.ndarray, multi_label: bool) -> float:
-    """Accuracy (single-label) or micro-F1 at logit 0 (multi-label)."""
-    if not multi_label:
-        return float((logits.argmax(1) == y).mean())
-    predicted = logits > 0
-    tp = float((predicted & (y > 0.5)).sum())
-    return 2 * tp / max(float(predicted.sum() + (y > 0.5).sum()), 1.0)
-
-
 def selection_score(model: FusionModel, val: Signals, y_val: np.ndarray) -> float:
     """Mean validation score over the encoder-only and all-signals patterns."""
     patterns = _selection_patterns(model.config.llm_sources)
@@ -282,7 +267,7 @@ def fit_pattern_temperatures(model: FusionModel, val: Signals, y_val: np.ndarray
         if any(pattern):
             rows = (val.llm_mask[:, list(pattern)] > 0.5).all(1)
         if not rows.any():
-            temperatures[pattern_key(pattern, sources)] = temperatures[ENCODER_ONLY]
+            temperatures[pattern_key(pattern, sources)] = temperatures[ENCODER_ONLY_PATTERN]
             continue
         logits = logits_of(model, val.subset(np.flatnonzero(rows)), pattern=pattern)
         temperatures[pattern_key(pattern, sources)] = fit_temperature(
@@ -308,11 +293,4 @@ def validation_report(model: FusionModel, val: Signals, y_val: np.ndarray, tempe
             row[f"ece_{name}"] = round(expected_calibration_error(decision.confidence, correct), 5)
             row[f"accuracy_{name}"] = round(float(correct.mean()), 5)
         per_pattern[key] = row
-    return {**per_pattern[ENCODER_ONLY], "patterns": per_pattern}
-
-
-def correct_rows(label_matrix: np.ndarray, y: np.ndarray, multi_label: bool) -> np.ndarray:
-    """Per row: the exact label set (multi-label) or the class (single-label) is right."""
-    if multi_label:
-        return (label_matrix == (y > 0.5)).all(1)
-    return label_matrix.argmax(1) == y
+    return {**per_pattern[ENCODER_ONLY_PATTERN], "patterns": per_pattern}

@@ -14,11 +14,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from shared.encoders.hf import pick_device
-from shared.errors import EncoderError
+from shared.encoders.hf import pick_device, resolve_model_path
+from shared.errors import LLMLoadError
 from shared.llm.parse import renormalise
 from shared.llm.prompts import LabelSet, multi_label_question_messages, single_label_messages
 from shared.llm.result import ScoreBatch, TextScore
+from shared.vocab import ScoreMethod
 
 SENTINEL = "\u241fTEXT\u241f"
 
@@ -33,8 +34,6 @@ class HFScorer:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-        from shared.encoders.hf import resolve_model_path
-
         hf_logging.disable_progress_bar()
         self.model_name = model
         self.device = pick_device(device)
@@ -44,7 +43,7 @@ class HFScorer:
             dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
             self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(self.device).eval()
         except Exception as exc:  # transformers raises many types for a bad model
-            raise EncoderError(f"cannot load causal LM {model!r} from {path!r}: {exc}") from exc
+            raise LLMLoadError(f"cannot load causal LM {model!r} from {path!r}: {exc}") from exc
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
         self.max_text_tokens = max_text_tokens
@@ -80,7 +79,7 @@ class HFScorer:
         logprobs = self._answer_logprobs(prefix, rows, list(labels.keys), reuse_prefix)
         per_text_ms = (time.perf_counter() - started) * 1000 / max(len(texts), 1)
         return ScoreBatch(scores=tuple(
-            TextScore(probabilities=renormalise(lp), method="logprobs", tokens_in=len(prefix) + len(row),
+            TextScore(probabilities=renormalise(lp), method=ScoreMethod.LOGPROBS, tokens_in=len(prefix) + len(row),
                       tokens_out=1, latency_ms=per_text_ms)
             for lp, row in zip(logprobs, rows)), n_classes=len(labels.names))
 
@@ -96,7 +95,7 @@ class HFScorer:
         scores = []
         for i in range(len(texts)):
             pairs = logprobs[i * n:(i + 1) * n]
-            scores.append(TextScore(probabilities=tuple(renormalise(p)[0] for p in pairs), method="logprobs",
+            scores.append(TextScore(probabilities=tuple(renormalise(p)[0] for p in pairs), method=ScoreMethod.LOGPROBS,
                                     tokens_in=sum(len(prefix) + len(r) for r in rows[i * n:(i + 1) * n]),
                                     tokens_out=n, latency_ms=per_text_ms))
         return ScoreBatch(scores=tuple(scores), n_classes=n)

@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from shared.errors import CircuitOpen
+from shared.errors import CircuitOpen, RateLimitWait
 
 
 class MemoryKV:
@@ -116,7 +116,7 @@ class RateLimiter:
             return
         delay = self.kv.reserve(f"fusionq:rate:{self.name}:next", 1.0 / self.per_second, max_wait)
         if delay is None:
-            raise TimeoutError(f"rate limit of {self.per_second}/s for {self.name} left no slot for {max_wait:.0f}s")
+            raise RateLimitWait(f"rate limit of {self.per_second}/s for {self.name} left no slot for {max_wait:.0f}s")
         if delay > 0:
             self._sleep(delay)
 

@@ -34,6 +34,7 @@ from shared.llm.prompts import (
     single_label_messages,
 )
 from shared.llm.result import ScoreBatch, TextScore
+from shared.vocab import ScoreMethod
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,12 +95,12 @@ class OpenAICompatScorer:
             if self.use_logprobs and len(labels.names) <= len(KEYS):
                 try:
                     probs = (self._multi_logprobs if multi_label else self._single_logprobs)(text, labels, usage)
-                    method = "logprobs"
+                    method = ScoreMethod.LOGPROBS
                 except LogprobsUnsupported:
                     self.use_logprobs = False  # remember: this provider/model never gives logprobs
-                    probs, method = self._vote(text, labels, multi_label, usage), "vote"
+                    probs, method = self._vote(text, labels, multi_label, usage), ScoreMethod.VOTE
             else:
-                probs, method = self._vote(text, labels, multi_label, usage), "vote"
+                probs, method = self._vote(text, labels, multi_label, usage), ScoreMethod.VOTE
         except ScorerError as exc:
             return TextScore.failed(f"{self.provider}/{self.model_name}: {exc}", tokens_in=usage[0], tokens_out=usage[1],
                                     latency_ms=(time.perf_counter() - started) * 1000,

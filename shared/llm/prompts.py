@@ -14,6 +14,8 @@ import json
 import string
 from dataclasses import dataclass, field
 
+from shared.errors import InputError
+
 PROMPT_VERSION = "fq-prompt-1"
 KEYS = tuple(string.ascii_uppercase + string.ascii_lowercase)  # 52 single-letter answer keys
 TEXT_OPEN, TEXT_CLOSE = "<<<", ">>>"
@@ -89,3 +91,20 @@ def cache_key(*, backend: str, model: str, labels: LabelSet, multi_label: bool, 
     """The identity of one LLM question: nobody pays twice for it."""
     parts = [backend, model, PROMPT_VERSION, labels.digest, "multi" if multi_label else "single", text_hash]
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+def parse_labels(text: str) -> LabelSet:
+    """``sports,business`` or ``sports=games and athletes,business=money and firms``."""
+    names, descriptions = [], []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        name, _, description = part.partition("=")
+        names.append(name.strip())
+        descriptions.append(description.strip())
+    if len(names) < 1:
+        raise InputError("--labels needs at least one class name, e.g. --labels sports,business")
+    try:
+        return LabelSet(tuple(names), tuple(descriptions) if any(descriptions) else ())
+    except ValueError as exc:
+        raise InputError(f"--labels {text!r}: {exc}") from exc

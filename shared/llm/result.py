@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-METHODS = ("logprobs", "vote", "failed")
+from shared.vocab import ScoreMethod, values
+
 
 
 @dataclass(frozen=True)
@@ -23,9 +24,9 @@ class TextScore:
     cached: bool = False  # served from the cache: cost_usd is what the original call cost
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if (self.probabilities is None) != (self.method == "failed"):
+        if self.method not in values(ScoreMethod):
+            raise ValueError(f"method must be one of {values(ScoreMethod)}, got {self.method!r}")
+        if (self.probabilities is None) != (self.method == ScoreMethod.FAILED):
             raise ValueError("a failed score has no probabilities; any other has them")
 
     @property
@@ -35,7 +36,7 @@ class TextScore:
 
     @classmethod
     def failed(cls, error: str, **usage) -> "TextScore":
-        return cls(probabilities=None, method="failed", error=error, **usage)
+        return cls(probabilities=None, method=ScoreMethod.FAILED, error=error, **usage)
 
 
 @dataclass(frozen=True)

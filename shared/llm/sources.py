@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from shared.errors import ConfigError
 from shared.settings import Settings
+from shared.vocab import Source, values
 
 
 @dataclass(frozen=True)
@@ -37,26 +38,45 @@ def parse_llm_spec(text: str) -> LLMSpec:
     raise ConfigError(f"LLM spec {text!r}: unknown backend {backend!r}; use hf or openai")
 
 
+@dataclass(frozen=True)
+class LLMChoice:
+    """Which LLM answers: a worker source (``local``/``api``) or an explicit spec run in-process."""
+
+    spec: LLMSpec
+    source: str | None  # set when the worker queue of that source can be used
+
+    @property
+    def queued(self) -> bool:
+        return self.source is not None
+
+
+def choose_llm(settings: Settings, llm: str) -> LLMChoice:
+    """``local``/``api`` -> the configured source (queued when a broker is set); ``hf:``/``openai:`` -> in-process."""
+    if llm in values(Source):
+        return LLMChoice(spec=source_spec(settings, llm), source=None if settings.embedded else Source(llm))
+    return LLMChoice(spec=parse_llm_spec(llm), source=None)
+
+
 def _configured_value(settings: Settings, source: str) -> str | None:
-    return {"local": settings.llm_local, "api": settings.llm_api}.get(source)
+    return {Source.LOCAL: settings.llm_local, Source.API: settings.llm_api}.get(source)
 
 
 def configured_sources(settings: Settings) -> list[str]:
     """The worker sources that have an LLM configured, in tier order (local, api)."""
-    return [s for s in ("local", "api") if _configured_value(settings, s)]
+    return [s for s in Source if _configured_value(settings, s)]
 
 
 def source_spec(settings: Settings, source: str) -> LLMSpec:
     """The spec configured for a worker source, ``local`` (FUSIONQ_LLM_LOCAL) or ``api`` (FUSIONQ_LLM_API)."""
     value = _configured_value(settings, source)
-    if source not in ("local", "api"):
-        raise ConfigError(f"unknown LLM source {source!r}: use local or api")
+    if source not in values(Source):
+        raise ConfigError(f"unknown LLM source {source!r}: use {' or '.join(values(Source))}")
     if not value:
         raise ConfigError(f"no LLM configured for source {source!r}: set FUSIONQ_LLM_{source.upper()}")
     return parse_llm_spec(value)
 
 
-def build_scorer(spec: LLMSpec, settings: Settings, *, source: str = "api"):
+def build_scorer(spec: LLMSpec, settings: Settings, *, source: str = Source.API):
     """A scorer for ``spec``; rate limit and breaker state live in Redis when a Redis broker is set."""
     if spec.backend == "hf":
         from shared.llm.hf import HFScorer
@@ -66,14 +86,14 @@ def build_scorer(spec: LLMSpec, settings: Settings, *, source: str = "api"):
     from shared.llm.openai_compat import OpenAICompatScorer, Pricing
 
     kv = _shared_kv(settings)
-    key = settings.llm_api_key if source == "api" else settings.llm_local_api_key
+    key = settings.llm_api_key if source == Source.API else settings.llm_local_api_key
     name = _provider_name(spec)
     return OpenAICompatScorer(
         base_url=spec.base_url, model=spec.model, api_key=key.get_secret_value() if key else None,
-        pricing=Pricing(input_per_mtok=settings.llm_price_in_per_mtok if source == "api" else 0.0,
-                        output_per_mtok=settings.llm_price_out_per_mtok if source == "api" else 0.0),
+        pricing=Pricing(input_per_mtok=settings.llm_price_in_per_mtok if source == Source.API else 0.0,
+                        output_per_mtok=settings.llm_price_out_per_mtok if source == Source.API else 0.0),
         timeout=settings.llm_timeout, max_retries=settings.llm_max_retries, provider=name,
-        limiter=RateLimiter(kv, name, settings.llm_rate_per_second if source == "api" else None),
+        limiter=RateLimiter(kv, name, settings.llm_rate_per_second if source == Source.API else None),
         breaker=_breaker(kv, name, settings),
     )
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from shared.autofusion import AutoFusionClassifier, as_labelled
+from shared.service.autofusion import AutoFusionClassifier
+from shared.textio import as_labelled
 from shared.cli import main
 from shared.db.engine import session_for
 from shared.db.models import LlmScore
@@ -88,14 +89,15 @@ def test_multi_label_fit_learns_per_class_thresholds(sqlite_settings, tiny_bert_
 
 
 def test_fit_with_a_tiny_llm_uses_the_cache_and_serves_every_mode(sqlite_settings, tiny_bert_path, tiny_causal_lm_path):
-    llm = f"hf:{tiny_causal_lm_path}"
+    llm = f"local=hf:{tiny_causal_lm_path}"
     data = topics(12)
     options = dict(encoders=tiny_bert_path, llms=[llm], layers=-1, settings=sqlite_settings, training=FAST,
                    escalation=EscalationTarget(share=0.5))
     first = AutoFusionClassifier(**options).fit(data)
     n = len(data[0])
     assert first.report_["llm"]["calls"] == n and first.report_["llm"]["questions"] == n
-    assert set(first.artifact_.temperatures) == {"encoder", llm}
+    assert set(first.artifact_.temperatures) == {"encoder", "local"}
+    assert first.artifact_.llm_specs == {"local": f"hf:{tiny_causal_lm_path}"}
     # A second fit asks the LLM nothing new
     second = AutoFusionClassifier(**options).fit(data)
     assert second.report_["llm"]["calls"] == 0 and second.report_["llm"]["spent_usd"] == 0
@@ -170,7 +172,7 @@ def test_cli_train_layers_and_evaluate_write_their_reports(sqlite_settings, tiny
     assert (tmp_path / "layers" / "layers.png").read_bytes()[:4] == b"\x89PNG"
 
     assert main(["-q", "train", "--data", str(train_csv), "--name", "t", "--encoder", tiny_bert_path,
-                 "--layers", "-1", "--llm", f"hf:{tiny_causal_lm_path}", "--escalate-share", "0.5"]) == 0
+                 "--layers", "-1", "--llm", f"local=hf:{tiny_causal_lm_path}", "--escalate-share", "0.5"]) == 0
     out = capsys.readouterr().out
     trained = json.loads(out[out.index("{"):])
     assert trained["classifier"] == "t@1" and trained["llm"]["calls"] > 0
@@ -178,7 +180,7 @@ def test_cli_train_layers_and_evaluate_write_their_reports(sqlite_settings, tiny
     assert main(["-q", "evaluate", "--classifier", "t", "--data", str(test_csv),
                  "--out-dir", str(tmp_path / "eval")]) == 0
     report = json.loads((tmp_path / "eval" / "comparison.json").read_text())
-    assert set(report["modes"]) == {"fast", "auto", "full", f"llm:hf:{tiny_causal_lm_path}"}
+    assert set(report["modes"]) == {"fast", "auto", "full", "llm:local"}
     assert report["modes"]["fast"]["llm_questions_per_1000"] == 0
     assert report["modes"]["full"]["llm_questions_per_1000"] == 1000
     assert 0 <= report["modes"]["auto"]["escalated_share"] <= 1

@@ -4,7 +4,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from shared.db import engine as db
-from shared.db.jobs import create_job, insert_ignoring_conflicts, refresh_job
+from shared.db.common import insert_ignoring_conflicts
+from shared.db.jobs import create_job, refresh_job
+from shared.service.submit import new_items
 from shared.db.models import Base, Classifier, Item, ItemFeatures, Job
 from shared.db.registry import find_classifier, parse_classifier_ref
 from shared.errors import ClassifierNotFound, IdempotencyConflict, SchemaError
@@ -46,16 +48,18 @@ def test_idempotency_key_returns_the_same_job_and_refuses_other_requests(db_sett
     url = db_settings.effective_database_url
     with db.session_for(url) as session, session.begin():
         clf = _classifier(session)
-        first, created = create_job(session=session, classifier=clf, texts=["x", "y"], mode="fast",
-                                    idempotency_key="k1", max_text_chars=100, lease_seconds=60)
+        first, created = create_job(session=session, classifier=clf, items=new_items(["x", "y"], max_chars=100),
+                            mode="fast",
+                                    idempotency_key="k1", lease_seconds=60)
         assert created
     with db.session_for(url) as session, session.begin():
-        again, created = create_job(session=session, classifier=clf, texts=["x", "y"], mode="fast",
-                                    idempotency_key="k1", max_text_chars=100, lease_seconds=60)
+        again, created = create_job(session=session, classifier=clf, items=new_items(["x", "y"], max_chars=100),
+                            mode="fast",
+                                    idempotency_key="k1", lease_seconds=60)
         assert (again.id, created) == (first.id, False)
         with pytest.raises(IdempotencyConflict, match="already names job"):
-            create_job(session=session, classifier=clf, texts=["x"], mode="fast", idempotency_key="k1",
-                       max_text_chars=100, lease_seconds=60)
+            create_job(session=session, classifier=clf, items=new_items(["x"], max_chars=100),
+                            mode="fast", idempotency_key="k1", lease_seconds=60)
     with db.session_for(url) as session:
         assert session.scalar(sa.select(sa.func.count()).select_from(Job)) == 1
         assert session.scalar(sa.select(sa.func.count()).select_from(Item)) == 2
@@ -64,8 +68,9 @@ def test_idempotency_key_returns_the_same_job_and_refuses_other_requests(db_sett
 def test_bad_texts_become_failed_items_and_the_rest_stay_pending(db_settings):
     with db.session_for(db_settings.effective_database_url) as session, session.begin():
         clf = _classifier(session)
-        job, _ = create_job(session=session, classifier=clf, texts=["ok", "", "  ", "z" * 101], mode="fast",
-                            idempotency_key=None, max_text_chars=100, lease_seconds=60)
+        job, _ = create_job(session=session, classifier=clf, items=new_items(["ok", "", "  ", "z" * 101], max_chars=100),
+                            mode="fast",
+                            idempotency_key=None, lease_seconds=60)
         items = session.scalars(sa.select(Item).where(Item.job_id == job.id).order_by(Item.position)).all()
         assert [i.status for i in items] == ["pending", "failed", "failed", "failed"]
         assert "above the limit of 100" in items[3].error
@@ -76,8 +81,8 @@ def test_upserts_are_idempotent_and_refresh_completes_the_job(db_settings):
     url = db_settings.effective_database_url
     with db.session_for(url) as session, session.begin():
         clf = _classifier(session)
-        job, _ = create_job(session=session, classifier=clf, texts=["a", "b"], mode="fast", idempotency_key=None,
-                            max_text_chars=100, lease_seconds=60)
+        job, _ = create_job(session=session, classifier=clf, items=new_items(["a", "b"], max_chars=100),
+                            mode="fast", idempotency_key=None, lease_seconds=60)
     with db.session_for(url) as session, session.begin():
         ids = session.scalars(sa.select(Item.id).where(Item.job_id == job.id)).all()
         rows = [{"item_id": i, "encoder_key": "k", "dim": 1, "vector": b"\0\0\0\0"} for i in ids]

@@ -12,11 +12,14 @@ import sqlalchemy as sa
 from shared.client import FusionqClient
 from shared.db.engine import session_for
 from shared.db.jobs import create_job
+from shared.service.submit import new_items
 from shared.db.models import Classifier, Item, LlmRequest, Prediction
 from shared.llm.sources import source_breaker
-from shared.pipeline import embed_stage, fusion_stage, llm_stage
-from shared.serving import BUDGET_EXHAUSTED, missing_flag
-from shared.sweeper import sweep
+from shared.service.aggregate import fusion_stage
+from shared.service.embed import embed_stage
+from shared.service.llm import llm_stage
+from shared.vocab import BUDGET_EXHAUSTED, missing_flag
+from shared.service.sweeper import sweep
 from tests.conftest import make_topic_texts, train_topics
 
 TIERS = [{"source": "local", "threshold": 0.9999}]
@@ -33,9 +36,9 @@ def settings(db_settings, topic_llm, tiny_bert_path):
 def _submit(settings, texts, *, mode="auto", **job):
     with session_for(settings.effective_database_url) as session, session.begin():
         clf = session.scalars(sa.select(Classifier)).one()
-        row, _ = create_job(session=session, classifier=clf, texts=texts, mode=mode, idempotency_key=None,
-                            max_text_chars=settings.max_text_chars, lease_seconds=settings.item_lease_seconds,
-                            tiers=TIERS, llm_source="local", **job)
+        items = new_items(texts, max_chars=settings.max_text_chars, item_modes=job.pop("item_modes", None))
+        row, _ = create_job(session=session, classifier=clf, items=items, mode=mode, idempotency_key=None,
+                            lease_seconds=settings.item_lease_seconds, tiers=TIERS, llm_source="local", **job)
     with session_for(settings.effective_database_url) as session:
         ids = session.scalars(sa.select(Item.id).where(Item.job_id == row.id).order_by(Item.position)).all()
     return str(row.id), list(ids)

@@ -7,7 +7,8 @@ import torch
 from shared.encoders.spec import EncoderSpec
 from shared.errors import ArtifactError
 from shared.fusion.artifact import ClassifierArtifact, load_artifact, save_artifact
-from shared.fusion.calibration import expected_calibration_error, fit_temperature
+from shared.fusion.calibration import fit_temperature
+from shared.metrics import expected_calibration_error
 from shared.fusion.model import FusionConfig, FusionModel
 from shared.fusion.predict import decide
 from shared.fusion.training import Candidate, TrainingConfig, split_train_validation, train_fusion

@@ -5,12 +5,12 @@ import time
 import httpx
 import pytest
 
-from shared.errors import ProviderTimeout
-from shared.llm import cache
+from shared.errors import ProviderTimeout, RateLimitWait
+from shared.db.llm import SqlAnswerCache, answer_stats
 from shared.llm.limits import CircuitBreaker, MemoryKV, RateLimiter, RedisKV
 from shared.llm.openai_compat import OpenAICompatScorer, Pricing, backoff_seconds
 from shared.llm.prompts import LabelSet
-from shared.llm.scoring import score_with_cache
+from shared.llm.cache import score_with_cache
 from shared.db.engine import session_for, upgrade
 from tests.support.fake_openai import FakeOpenAIServer
 
@@ -132,7 +132,7 @@ def test_rate_limiter_spaces_calls_evenly():
     assert sleeps == [0.5] * 4 and now[0] == 102  # 2 calls per second, half a second apart
     slow = RateLimiter(MemoryKV(clock=lambda: now[0]), "q", 0.01, sleep=sleep, clock=lambda: now[0])
     slow.acquire()
-    with pytest.raises(TimeoutError, match="no slot"):
+    with pytest.raises(RateLimitWait, match="no slot"):
         slow.acquire(max_wait=1)  # the next slot is 100 s away
 
 
@@ -168,15 +168,15 @@ def test_second_request_is_served_from_the_cache_and_costs_nothing(server, sqlit
     upgrade(url)
     scorer, _ = make_scorer(server)
     texts = ["sports one", "business two", "science three"]
-    first = score_with_cache(database_url=url, scorer=scorer, labels=LABELS, multi_label=False, texts=texts)
+    first = score_with_cache(cache=SqlAnswerCache(url), scorer=scorer, labels=LABELS, multi_label=False, texts=texts)
     calls = chat_calls(server)
-    second = score_with_cache(database_url=url, scorer=scorer, labels=LABELS, multi_label=False, texts=texts)
+    second = score_with_cache(cache=SqlAnswerCache(url), scorer=scorer, labels=LABELS, multi_label=False, texts=texts)
     assert calls == 3 and chat_calls(server) == 3
     assert [s.probabilities for s in first] == [s.probabilities for s in second]
     assert sum(s.spent_usd for s in first) > 0 and sum(s.spent_usd for s in second) == 0
     assert all(s.cached for s in second) and not any(s.cached for s in first)
     with session_for(url) as session:
-        [row] = cache.stats(session=session)
+        [row] = answer_stats(session=session)
     assert (row["calls"], row["cache_hits"], row["cache_hit_rate"]) == (3, 3, 0.5)
     assert row["cost_usd"] == pytest.approx(sum(s.cost_usd for s in first), abs=1e-6)
 
@@ -186,9 +186,9 @@ def test_a_failed_answer_is_asked_again_and_replaced(server, sqlite_settings):
     upgrade(url)
     scorer, _ = make_scorer(server, max_retries=0)
     server.set_script(["garbage"])
-    [bad] = score_with_cache(database_url=url, scorer=scorer, labels=LABELS, multi_label=False, texts=["sports"])
-    [good] = score_with_cache(database_url=url, scorer=scorer, labels=LABELS, multi_label=False, texts=["sports"])
+    [bad] = score_with_cache(cache=SqlAnswerCache(url), scorer=scorer, labels=LABELS, multi_label=False, texts=["sports"])
+    [good] = score_with_cache(cache=SqlAnswerCache(url), scorer=scorer, labels=LABELS, multi_label=False, texts=["sports"])
     assert (bad.method, good.method) == ("failed", "logprobs")
     with session_for(url) as session:
-        [row] = cache.stats(session=session)
+        [row] = answer_stats(session=session)
     assert (row["calls"], row["failed"]) == (1, 0)

@@ -1,6 +1,6 @@
 import numpy as np
 
-from shared.fusion.calibration import expected_calibration_error
+from shared.metrics import expected_calibration_error
 from shared.metrics import coverage_accuracy, evaluate_predictions
 
 

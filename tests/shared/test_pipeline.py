@@ -4,16 +4,18 @@ import sqlalchemy as sa
 
 from shared.db.engine import session_for
 from shared.db.jobs import create_job
+from shared.service.submit import new_items
 from shared.db.models import Classifier, Item, Job, Prediction
-from shared.pipeline import embed_stage, fusion_stage
+from shared.service.aggregate import fusion_stage
+from shared.service.embed import embed_stage
 from tests.conftest import make_topic_texts, train_topics
 
 
 def _submit(settings, texts):
     with session_for(settings.effective_database_url) as session, session.begin():
         clf = session.scalars(sa.select(Classifier)).one()
-        job, _ = create_job(session=session, classifier=clf, texts=texts, mode="fast", idempotency_key=None,
-                            max_text_chars=settings.max_text_chars, lease_seconds=settings.item_lease_seconds)
+        job, _ = create_job(session=session, classifier=clf, items=new_items(texts, max_chars=settings.max_text_chars),
+                            mode="fast", idempotency_key=None, lease_seconds=settings.item_lease_seconds)
     with session_for(settings.effective_database_url) as session:
         ids = session.scalars(sa.select(Item.id).where(Item.job_id == job.id).order_by(Item.position)).all()
     return str(job.id), list(ids)

@@ -11,7 +11,10 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from shared.db.engine import session_for, upgrade
-from shared.db.jobs import create_job, pending_item_batches
+from shared.db.items import pending_item_batches
+from shared.db.jobs import create_job
+from shared.service.submit import new_items
+from shared.service.submit import new_items
 from shared.db.models import Classifier, Item
 from shared.errors import DataFileError, InputError, LLMAnswerError
 from shared.llm.parse import parse_vote, probabilities_from_top_logprobs
@@ -38,8 +41,8 @@ def pg_session_url(postgres_url):
 def test_any_texts_are_stored_exactly_or_failed_with_a_reason_and_batched_once(pg_session_url, texts, per_batch):
     with session_for(pg_session_url) as session, session.begin():
         clf = session.scalars(sa.select(Classifier)).one()
-        job, _ = create_job(session=session, classifier=clf, texts=texts, mode="fast", idempotency_key=None,
-                            max_text_chars=MAX_CHARS, lease_seconds=60)
+        job, _ = create_job(session=session, classifier=clf, items=new_items(texts, max_chars=MAX_CHARS),
+                            mode="fast", idempotency_key=None, lease_seconds=60)
         batches = pending_item_batches(session=session, job_id=job.id, items_per_batch=per_batch)
         items = session.execute(sa.select(Item.position, Item.text, Item.status, Item.error)
                                 .where(Item.job_id == job.id).order_by(Item.position)).all()
@@ -59,8 +62,8 @@ def test_a_huge_job_is_split_into_bounded_batches(pg_session_url):
     texts = [f"text {i} " * (1 + i % 50) for i in range(20_000)]
     with session_for(pg_session_url) as session, session.begin():
         clf = session.scalars(sa.select(Classifier)).one()
-        job, _ = create_job(session=session, classifier=clf, texts=texts, mode="fast", idempotency_key=None,
-                            max_text_chars=MAX_CHARS, lease_seconds=60)
+        job, _ = create_job(session=session, classifier=clf, items=new_items(texts, max_chars=MAX_CHARS),
+                            mode="fast", idempotency_key=None, lease_seconds=60)
         batches = pending_item_batches(session=session, job_id=job.id, items_per_batch=256)
     assert len(batches) == math.ceil(20_000 / 256) and sum(len(b) for b in batches) == 20_000
     assert len({i for b in batches for i in b}) == 20_000

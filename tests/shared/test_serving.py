@@ -3,16 +3,8 @@
 import pytest
 
 from shared.errors import ConfigError, InputError
-from shared.serving import (
-    BUDGET_EXHAUSTED,
-    Budget,
-    BudgetLedger,
-    Tier,
-    missing_flag,
-    parse_tiers,
-    plan_escalation,
-    resolve_tiers,
-)
+from shared.service.policy import Budget, BudgetLedger, Tier, parse_tiers, plan_escalation, resolve_tiers
+from shared.vocab import BUDGET_EXHAUSTED, missing_flag
 
 TIERS = [Tier("local", 0.8), Tier("api", 0.6)]
 

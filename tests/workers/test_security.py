@@ -14,7 +14,7 @@ from shared.client import FusionqClient
 from shared.db.engine import upgrade
 from shared.llm.prompts import LabelSet
 from shared.settings import Settings
-from shared.task_names import FUSE_TASK
+from shared.dispatch import TaskName
 from tests.support.fake_openai import FakeOpenAIServer
 from workers.launch import start_worker, stop_worker
 
@@ -42,7 +42,7 @@ def test_a_pickled_task_message_is_refused_and_never_unpickled(tmp_path, postgre
             conn.Producer().publish(
                 ((TouchOnUnpickle(str(marker)),), {}, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}),
                 exchange="", routing_key="fusion", serializer="pickle",
-                headers={"lang": "py", "task": FUSE_TASK, "id": task_id, "root_id": task_id, "parent_id": None,
+                headers={"lang": "py", "task": str(TaskName.FUSE), "id": task_id, "root_id": task_id, "parent_id": None,
                          "group": None, "retries": 0, "eta": None, "expires": None, "argsrepr": "", "kwargsrepr": ""})
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and "Refusing to deserialize" not in worker.log_path.read_text():
@@ -51,7 +51,7 @@ def test_a_pickled_task_message_is_refused_and_never_unpickled(tmp_path, postgre
     finally:
         stop_worker(worker)
     assert "Refusing to deserialize untrusted content of type pickle" in log
-    assert not marker.exists() and f"{FUSE_TASK}[{task_id}] received" not in log
+    assert not marker.exists() and f"{str(TaskName.FUSE)}[{task_id}] received" not in log
 
 
 def test_secrets_never_reach_the_logs(tmp_path, postgres_url, redis_url):

@@ -13,12 +13,15 @@ import datetime as dt
 import uuid
 from dataclasses import dataclass, field
 
-import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from shared.db.jobs import OPEN_STATUSES, chunks, mark_failed, refresh_job
-from shared.db.models import Item, Job, LlmRequest, utcnow
+from shared.db.items import mark_failed
+from shared.db.jobs import jobs_ready_to_complete, refresh_job
+from shared.db.leases import expired_items, expired_requests, fail_requests, renew_items, renew_requests
+from shared.db.models import utcnow
+from shared.dispatch import chunks
 from shared.settings import Settings
+from shared.vocab import WAITING_FOR_AGGREGATOR, ItemStatus, JobStatus
 
 FUSE_ITEMS_PER_TASK = 256
 
@@ -52,47 +55,33 @@ def sweep(session: Session, settings: Settings, *, now: dt.datetime | None = Non
     _sweep_pending(session, settings, now, lease, limit, result)
     _sweep_requests(session, settings, now, lease, limit, result)
     _sweep_unfused(session, settings, now, lease, limit, result)
-    _complete_finished_jobs(session, now, result)
+    _complete_finished_jobs(session, result)
     return result
-
-
-def _expired_items(session: Session, statuses: tuple[str, ...], now: dt.datetime, limit: int, *extra):
-    return session.execute(
-        sa.select(Item.id, Item.job_id, Item.attempts, Item.resends)
-        .where(Item.status.in_(statuses), Item.lease_until < now, *extra)
-        .order_by(Item.id).limit(limit).with_for_update(skip_locked=True)
-    ).all()
 
 
 def _sweep_pending(session, settings, now, lease, limit, result: SweepResult) -> None:
     """Items the encoder never finished."""
-    rows = _expired_items(session, ("pending",), now, limit)
+    rows = expired_items(session=session, statuses=(ItemStatus.PENDING,), now=now, limit=limit)
     dead = {r.id: _dead_letter_error(r.attempts, "embed") for r in rows if r.attempts >= settings.max_attempts}
     if dead:
         mark_failed(session=session, errors=dead)
         result.dead_items += len(dead)
     again = [r for r in rows if r.id not in dead]
-    _renew(session, [r.id for r in again], lease)
+    renew_items(session=session, item_ids=[r.id for r in again], lease=lease)
     result.embed += _batches(again, settings.embed_items_per_task)
 
 
 def _sweep_requests(session, settings, now, lease, limit, result: SweepResult) -> None:
     """LLM requests that no worker answered in time."""
-    rows = session.execute(
-        sa.select(LlmRequest.id, LlmRequest.item_id, LlmRequest.job_id, LlmRequest.source, LlmRequest.attempts)
-        .where(LlmRequest.status == "queued", LlmRequest.lease_until < now)
-        .order_by(LlmRequest.id).limit(limit).with_for_update(skip_locked=True)
-    ).all()
+    rows = expired_requests(session=session, now=now, limit=limit)
     dead = [r for r in rows if r.attempts >= settings.max_attempts]
-    for r in dead:  # the signal is missing now: the aggregator finishes the item without it
-        session.execute(sa.update(LlmRequest).where(LlmRequest.id == r.id).values(
-            status="failed", error=_dead_letter_error(r.attempts, f"llm_{r.source}"), updated_at=now))
+    # the signal is missing now: the aggregator finishes the item without it
+    fail_requests(session=session, errors={r.id: _dead_letter_error(r.attempts, f"llm_{r.source}") for r in dead},
+                  now=now)
     result.dead_requests += len(dead)
     result.fuse += _batches([_Row(r.item_id, r.job_id) for r in dead], FUSE_ITEMS_PER_TASK)
     again = [r for r in rows if r.attempts < settings.max_attempts]
-    if again:
-        session.execute(sa.update(LlmRequest).where(LlmRequest.id.in_([r.id for r in again]))
-                        .values(lease_until=lease, updated_at=now))
+    renew_requests(session=session, request_ids=[r.id for r in again], lease=lease, now=now)
     for source in sorted({r.source for r in again}):
         result.llm[source] = _batches([_Row(r.item_id, r.job_id) for r in again if r.source == source],
                                       settings.llm_batch_items)
@@ -100,22 +89,21 @@ def _sweep_requests(session, settings, now, lease, limit, result: SweepResult) -
 
 def _sweep_unfused(session, settings, now, lease, limit, result: SweepResult) -> None:
     """Items whose signals are all in but that the aggregator never finished."""
-    waiting = sa.exists().where(LlmRequest.item_id == Item.id, LlmRequest.status == "queued")
-    rows = _expired_items(session, ("embedded", "scoring"), now, limit, ~waiting)
+    rows = expired_items(session=session, statuses=WAITING_FOR_AGGREGATOR, now=now, limit=limit,
+                         without_queued_request=True)
     dead = {r.id: _dead_letter_error(r.resends, "fusion") for r in rows if r.resends >= settings.max_attempts}
     if dead:
         mark_failed(session=session, errors=dead)
         result.dead_items += len(dead)
     again = [r for r in rows if r.id not in dead]
-    _renew(session, [r.id for r in again], lease, count_resend=True)
+    renew_items(session=session, item_ids=[r.id for r in again], lease=lease, count_resend=True)
     result.fuse += _batches(again, FUSE_ITEMS_PER_TASK)
 
 
-def _complete_finished_jobs(session, now, result: SweepResult) -> None:
+def _complete_finished_jobs(session, result: SweepResult) -> None:
     """Jobs whose last aggregator never ran (or whose items were dead-lettered just now)."""
-    open_items = sa.exists().where(Item.job_id == Job.id, Item.status.in_(OPEN_STATUSES))
-    for job_id in session.scalars(sa.select(Job.id).where(Job.status != "completed", ~open_items)).all():
-        if refresh_job(session=session, job_id=job_id).status == "completed":
+    for job_id in jobs_ready_to_complete(session=session):
+        if refresh_job(session=session, job_id=job_id).status == JobStatus.COMPLETED:
             result.jobs_completed += 1
 
 
@@ -123,16 +111,6 @@ def _complete_finished_jobs(session, now, result: SweepResult) -> None:
 class _Row:
     id: int
     job_id: uuid.UUID
-
-
-def _renew(session, item_ids: list[int], lease: dt.datetime, *, count_resend: bool = False) -> None:
-    if not item_ids:
-        return
-    values = {"lease_until": lease}
-    if count_resend:  # the aggregator has no claim step: count the sweeper's re-sends instead
-        values["resends"] = Item.resends + 1
-    for ids in chunks(item_ids, 10_000):
-        session.execute(sa.update(Item).where(Item.id.in_(ids)).values(**values))
 
 
 def _batches(rows, size: int) -> list[tuple[str, list[int]]]:

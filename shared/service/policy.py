@@ -1,7 +1,7 @@
 """Serving policy: modes, escalation tiers, budgets and the per-item escalation decision.
 
 Plain code with no database or Celery, so the rules are tested directly; the aggregator
-(``shared.pipeline.fusion_stage``) applies them under the job's row lock.
+(``shared.service.aggregate``) applies them under the job's row lock.
 """
 
 from __future__ import annotations
@@ -11,21 +11,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from shared.errors import ConfigError, InputError
-
-MODES = ("fast", "auto", "full", "llm")
-WORKER_SOURCES = ("local", "api")
-BUDGET_EXHAUSTED = "budget_exhausted"
+from shared.vocab import BUDGET_EXHAUSTED, Mode, Source, missing_flag, values
 
 
-def missing_flag(source: str) -> str:
-    """The flag of a prediction made without the ``source`` LLM's scores it should have had."""
-    return f"missing:llm:{source}"
-
-
-def check_mode(mode: str, *, where: str = "mode") -> str:
-    if mode not in MODES:
-        raise InputError(f"{where} {mode!r} is not a mode; choose one of: {', '.join(MODES)}")
-    return mode
+def check_mode(mode: str, *, where: str = "mode") -> Mode:
+    if mode not in values(Mode):
+        raise InputError(f"{where} {mode!r} is not a mode; choose one of: {', '.join(values(Mode))}")
+    return Mode(mode)
 
 
 @dataclass(frozen=True)
@@ -47,8 +39,8 @@ def parse_tiers(text: str) -> list[Tier]:
             continue
         source, _, threshold = part.partition("@")
         source = source.strip()
-        if source not in WORKER_SOURCES:
-            raise ConfigError(f"FUSIONQ_ESCALATION_TIERS: {source!r} is not an LLM source; use {', '.join(WORKER_SOURCES)}")
+        if source not in values(Source):
+            raise ConfigError(f"FUSIONQ_ESCALATION_TIERS: {source!r} is not an LLM source; use {', '.join(values(Source))}")
         if any(t.source == source for t in tiers):
             raise ConfigError(f"FUSIONQ_ESCALATION_TIERS names {source!r} twice: an item climbs each tier once")
         value = None
@@ -59,7 +51,7 @@ def parse_tiers(text: str) -> list[Tier]:
                 raise ConfigError(f"FUSIONQ_ESCALATION_TIERS: threshold {threshold!r} of {source} is not a number") from None
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"FUSIONQ_ESCALATION_TIERS: threshold {value} of {source} must be within [0, 1]")
-        tiers.append(Tier(source, value))
+        tiers.append(Tier(Source(source), value))
     return tiers
 
 

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.autofusion import AutoFusionClassifier
 from shared.db.models import Classifier
+from shared.service.autofusion import AutoFusionClassifier
 from shared.settings import Settings
 from shared.textio import LabelledData
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -1,148 +1,41 @@
-"""The stages of the service, as plain functions the Celery tasks call: embed, LLM, aggregate.
+"""The ``fusion`` stage, the aggregator: fuse the signals an item has, then finish it or send it up a tier.
 
-Each stage reads ids from Postgres, does its work in bulk, and writes idempotently: running a
-stage twice on the same ids changes nothing the second time. The aggregator applies the serving
-policy (``shared.serving``): it fuses whatever signals an item has, and either finishes it or
-sends it one tier up.
+Runs under the job's row lock, so budget checks and the job's completion see every other
+aggregator's work. The rules it applies are ``shared.service.policy``'s.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
-import sqlalchemy as sa
 
+from shared.db.aggregation import AggregationInput, load_aggregation_inputs
 from shared.db.engine import session_for
-from shared.db.jobs import (
-    AggregationInput,
-    add_requests,
-    claim_pending,
-    claim_requests,
-    llm_usage_by_source,
-    load_aggregation_inputs,
-    lock_job,
-    mark_failed,
-    refresh_job,
-    request_row,
-    store_features,
-    store_predictions,
-    store_request_results,
-)
+from shared.db.items import mark_failed, store_predictions
+from shared.db.jobs import job_with_classifier, lock_job, refresh_job
+from shared.db.llm import add_requests, llm_usage_by_source, request_row
 from shared.db.models import Classifier, Job, utcnow
-from shared.encoders.hf import encode_features
 from shared.encoders.spec import features_key, specs_from_dict
-from shared.errors import ArtifactError, CircuitOpen, ConfigError, EncoderError, JobNotFound
+from shared.errors import ArtifactError, CircuitOpen, ConfigError
 from shared.fusion.artifact import ClassifierArtifact, get_artifact
 from shared.fusion.predict import Decision, decide_from_probabilities
-from shared.llm.prompts import LabelSet
-from shared.llm.result import TextScore
-from shared.llm.scoring import score_with_cache
-from shared.llm.sources import get_scorer, source_breaker, source_spec
-from shared.serving import Budget, BudgetLedger, Tier, missing_flag, plan_escalation
+from shared.llm.sources import source_breaker
+from shared.service.claims import job_label_set
+from shared.service.policy import Budget, BudgetLedger, Tier, plan_escalation
 from shared.settings import Settings
+from shared.vocab import (
+    ENCODER_SIGNAL,
+    Mode,
+    RequestReason,
+    RequestStatus,
+    llm_signal,
+    missing_flag,
+)
 
 log = logging.getLogger(__name__)
-ENCODER_SIGNAL = "encoder"
-
-
-def _job_classifier(session, job_id: str) -> tuple[Job, Classifier | None]:
-    row = session.execute(
-        sa.select(Job, Classifier).outerjoin(Classifier, Classifier.id == Job.classifier_id)
-        .where(Job.id == uuid.UUID(job_id))
-    ).first()
-    if row is None:
-        raise JobNotFound(f"no job {job_id}")
-    return row[0], row[1]
-
-
-def _claim(settings: Settings, job_id: str, item_ids: list[int], source: str | None = None):
-    """(job, classifier or None, the items among ``item_ids`` now leased to this task): pending
-    items for the encoder, or items with a queued request for the ``source`` LLM."""
-    with session_for(settings.effective_database_url) as session, session.begin():
-        job, classifier = _job_classifier(session, job_id)
-        if source is None:
-            claimed = claim_pending(session=session, item_ids=item_ids, lease_seconds=settings.item_lease_seconds)
-        else:
-            claimed = claim_requests(session=session, item_ids=item_ids, source=source,
-                                     lease_seconds=settings.item_lease_seconds)
-    return job, classifier, claimed
-
-
-def embed_stage(settings: Settings, *, job_id: str, item_ids: list[int]) -> list[int]:
-    """Encode the pending items among ``item_ids``; returns the ids that now have features."""
-    url = settings.effective_database_url
-    _, classifier, claimed = _claim(settings, job_id, item_ids)
-    if not claimed:
-        return []
-    specs = specs_from_dict(classifier.encoder_spec)
-    try:
-        vectors, errors = _encode_isolating_failures(specs, claimed, settings)
-    except EncoderError as exc:  # the encoder itself cannot load: retrying the same message cannot help
-        vectors, errors = {}, {item.id: str(exc) for item in claimed}
-    with session_for(url) as session, session.begin():
-        if vectors:
-            dim = len(next(iter(vectors.values()))) // np.dtype(np.float32).itemsize
-            store_features(session=session, encoder_key=features_key(specs), vectors=vectors, dim=dim,
-                           lease_seconds=settings.item_lease_seconds)
-        if errors:
-            mark_failed(session=session, errors=errors)
-            refresh_job(session=session, job_id=uuid.UUID(job_id))
-    return sorted(vectors)
-
-
-def _encode_isolating_failures(specs, claimed, settings: Settings) -> tuple[dict[int, bytes], dict[int, str]]:
-    """Encode all texts in one call; only if that fails, one by one, so a bad text fails alone."""
-    texts = [item.text for item in claimed]
-    options = {"device": settings.device, "max_tokens": settings.embed_max_tokens, "max_batch": settings.embed_max_batch}
-    try:
-        features = encode_features(specs, texts, **options)
-        return {item.id: features[i].tobytes() for i, item in enumerate(claimed)}, {}
-    except EncoderError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - any failure of the batch: isolate the culprit below
-        log.warning("batch of %d texts failed to encode (%s); retrying one by one", len(texts), exc)
-    vectors, errors = {}, {}
-    for item in claimed:
-        try:
-            vectors[item.id] = encode_features(specs, [item.text], **options)[0].tobytes()
-        except Exception as exc:  # noqa: BLE001 - recorded on the item, never raised past it
-            errors[item.id] = f"encoder failed on this text: {type(exc).__name__}: {exc}"
-    return vectors, errors
-
-
-def job_label_set(job: Job, classifier: Classifier | None = None) -> tuple[LabelSet, bool]:
-    """The label set and single/multi-label flag the LLM is asked about: the classifier's, or the
-    LLM-only job's own."""
-    if classifier is not None:
-        return LabelSet(names=tuple(classifier.labels)), bool(classifier.multi_label)
-    return LabelSet(names=tuple(job.labels["names"]), descriptions=tuple(job.labels.get("descriptions") or ())), bool(job.multi_label)
-
-
-def llm_stage(settings: Settings, *, job_id: str, item_ids: list[int], source: str) -> list[int]:
-    """Answer the queued ``source`` requests of the items among ``item_ids``, through the cache.
-
-    A failed answer (after the scorer's own retries, or with the breaker open) is recorded on the
-    request: the signal is then missing and the aggregator finishes the item without it. Returns
-    the ids whose request is now answered either way, for the aggregator.
-    """
-    url = settings.effective_database_url
-    job, classifier, claimed = _claim(settings, job_id, item_ids, source=source)
-    if not claimed:
-        return []
-    labels, multi_label = job_label_set(job, classifier)
-    try:
-        scorer = get_scorer(source_spec(settings, source), settings, source=source)
-        scores = score_with_cache(database_url=url, scorer=scorer, labels=labels, multi_label=multi_label,
-                                  texts=[c.text for c in claimed], batch_size=len(claimed))
-    except (EncoderError, ConfigError) as exc:  # the LLM cannot be built here: no retry can help
-        scores = [TextScore.failed(str(exc))] * len(claimed)
-    with session_for(url) as session, session.begin():
-        store_request_results(session=session, source=source, results={c.id: s for c, s in zip(claimed, scores)})
-    return [c.id for c in claimed]
 
 
 @dataclass
@@ -158,7 +51,7 @@ def fusion_stage(settings: Settings, *, job_id: str, item_ids: list[int]) -> Agg
     finish each one or send it one tier up. Runs under the job's row lock, so budget checks and
     the job's completion see every other aggregator's work."""
     with session_for(settings.effective_database_url) as session, session.begin():
-        job, classifier = _job_classifier(session, job_id)
+        job, classifier = job_with_classifier(session=session, job_id=job_id)
         lock_job(session=session, job_id=job.id)  # refreshes ``job`` in place
         outcome = _aggregate(settings, session, job, classifier, item_ids)
         refresh_job(session=session, job_id=job.id)
@@ -169,8 +62,8 @@ def _aggregate(settings: Settings, session, job: Job, classifier: Classifier | N
     key = features_key(specs_from_dict(classifier.encoder_spec)) if classifier else None
     ready = [i for i in load_aggregation_inputs(session=session, item_ids=item_ids, encoder_key=key) if not i.waiting]
     modes = {i.item_id: i.mode or job.mode for i in ready}
-    llm_alone = [i for i in ready if modes[i.item_id] == "llm"]
-    fused = [i for i in ready if modes[i.item_id] != "llm" and i.vector is not None]
+    llm_alone = [i for i in ready if modes[i.item_id] == Mode.LLM]
+    fused = [i for i in ready if modes[i.item_id] != Mode.LLM and i.vector is not None]
     outcome = AggregateOutcome()
     rows = _llm_alone_rows(session, job, classifier, llm_alone)
     if fused:
@@ -185,13 +78,13 @@ def _aggregate(settings: Settings, session, job: Job, classifier: Classifier | N
         plans = _plan_auto_items(settings, session, job, artifact, tiers, fused, decision, modes)
         keep = []
         for row, item in enumerate(fused):
-            if modes[item.item_id] == "auto" and tiers and item.item_id not in plans:
+            if modes[item.item_id] == Mode.AUTO and tiers and item.item_id not in plans:
                 continue  # escalated by another aggregator: it comes back with the LLM's answer
             plan = plans.get(item.item_id)
             if plan is not None and plan.ask is not None:
                 outcome.escalate.setdefault(plan.ask.source, []).append(item.item_id)
                 continue
-            flags = [missing_flag(r.source) for r in item.requests.values() if r.status in ("failed", "skipped")]
+            flags = [missing_flag(r.source) for r in item.requests.values() if r.status in (RequestStatus.FAILED, RequestStatus.SKIPPED)]
             flags += [f for f in (plan.flags if plan else ()) if f not in flags]
             keep.append((row, item, flags))
         if keep:
@@ -216,7 +109,7 @@ def _fuse(artifact: ClassifierArtifact, items: list[AggregationInput]) -> Decisi
     for row, item in enumerate(items):
         for s, source in enumerate(sources):
             request = item.requests.get(source)
-            if request is not None and request.status == "done":
+            if request is not None and request.status == RequestStatus.DONE:
                 scores[row, s], mask[row, s] = request.scores, 1.0
     return artifact.decide(features, scores, mask)
 
@@ -228,8 +121,8 @@ def _take(decision: Decision, rows: list[int]) -> Decision:
 
 def _signals(item: AggregationInput) -> list[str]:
     signals = [ENCODER_SIGNAL] if item.vector is not None else []
-    return signals + [f"llm:{r.source}:{r.method}" for r in sorted(item.requests.values(), key=lambda r: r.tier)
-                      if r.status == "done"]
+    return signals + [llm_signal(r.source, r.method) for r in sorted(item.requests.values(), key=lambda r: r.tier)
+                      if r.status == RequestStatus.DONE]
 
 
 def _plan_auto_items(settings: Settings, session, job: Job, artifact: ClassifierArtifact, tiers: list[Tier],
@@ -237,7 +130,7 @@ def _plan_auto_items(settings: Settings, session, job: Job, artifact: Classifier
     """Plans for the auto items; records skipped tiers and admitted escalations (guarded by the
     unique (item, source) key, so each happens at most once). An item whose escalation another
     aggregator recorded first gets no plan: its LLM answer will bring it back."""
-    auto = [(row, i) for row, i in enumerate(items) if modes[i.item_id] == "auto"]
+    auto = [(row, i) for row, i in enumerate(items) if modes[i.item_id] == Mode.AUTO]
     if not auto or not tiers:
         return {}
     ledger = _budget_ledger(session, job, artifact)
@@ -247,16 +140,18 @@ def _plan_auto_items(settings: Settings, session, job: Job, artifact: Classifier
     tier_index = {t.source: n for n, t in enumerate(tiers)}
     plans, new_rows, first_time = {}, [], {}
     for row, item in auto:
-        escalated_before = any(r.status != "skipped" for r in item.requests.values())
+        escalated_before = any(r.status != RequestStatus.SKIPPED for r in item.requests.values())
         plan = plan_escalation(float(decision.confidence[row]), tiers, climbed=set(item.requests),
                                escalated_before=escalated_before, unavailable=unavailable, ledger=ledger)
         for source, reason in plan.skipped.items():
             new_rows.append(request_row(job_id=job.id, item_id=item.item_id, tier=tier_index[source], source=source,
-                                        reason="escalation", lease_until=None, now=now, status="skipped",
+                                        reason=RequestReason.ESCALATION, lease_until=None, now=now,
+                                        status=RequestStatus.SKIPPED,
                                         error=f"tier {source} skipped: {reason}"))
         if plan.ask is not None:
             new_rows.append(request_row(job_id=job.id, item_id=item.item_id, tier=tier_index[plan.ask.source],
-                                        source=plan.ask.source, reason="escalation", lease_until=lease, now=now))
+                                        source=plan.ask.source, reason=RequestReason.ESCALATION, lease_until=lease,
+                                        now=now))
             first_time[item.item_id] = not escalated_before
         plans[item.item_id] = plan
     added = add_requests(session=session, rows=new_rows)
@@ -300,16 +195,16 @@ def _llm_alone_rows(session, job: Job, classifier: Classifier | None, items: lis
     if not items:
         return []
     labels, multi_label = job_label_set(job, classifier)
-    answered = [(i, r) for i in items for r in i.requests.values() if r.status == "done"]
+    answered = [(i, r) for i in items for r in i.requests.values() if r.status == RequestStatus.DONE]
     failed = {i.item_id: next((r.error for r in i.requests.values()), None) or "no LLM answer" for i in items
-              if not any(r.status == "done" for r in i.requests.values())}
+              if not any(r.status == RequestStatus.DONE for r in i.requests.values())}
     if failed:
         mark_failed(session=session, errors=failed)
     if not answered:
         return []
     decision = decide_from_probabilities(np.array([r.scores for _, r in answered], dtype=np.float64), multi_label=multi_label)
     return _prediction_rows(decision, labels.names, [(i.item_id, i.job_created_at) for i, _ in answered],
-                            [[f"llm:{r.source}:{r.method}"] for _, r in answered], [[] for _ in answered])
+                            [[llm_signal(r.source, r.method)] for _, r in answered], [[] for _ in answered])
 
 
 def _prediction_rows(decision, label_names, items: list[tuple[int, dt.datetime]], signals: list[list[str]],

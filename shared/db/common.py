@@ -1,0 +1,36 @@
+"""What every store module shares: the dialect's idempotent INSERT."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+
+def dialect_insert(session: Session):
+    """The INSERT construct of the session's dialect, which knows ON CONFLICT (Postgres, SQLite)."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - only Postgres and SQLite are supported
+        raise NotImplementedError(f"no idempotent insert for the {dialect} dialect")
+    return insert
+
+
+def insert_ignoring_conflicts(session: Session, model: type, rows: Sequence[dict], keys: Sequence[str]) -> None:
+    """Bulk INSERT ... ON CONFLICT (keys) DO NOTHING: a second run of the same write is a no-op."""
+    if not rows:
+        return
+    insert = dialect_insert(session)
+    session.execute(insert(model).on_conflict_do_nothing(index_elements=list(keys)), list(rows))
+
+
+@dataclass(frozen=True)
+class ClaimedItem:
+    """An item a stage now holds (its lease renewed, an attempt counted): id and text."""
+
+    id: int
+    text: str

@@ -1,0 +1,193 @@
+"""The ``llm_requests`` table (LLM work per item and tier) and the ``llm_scores`` answer cache.
+
+Requests are unique on (item, source): that key is what makes an escalation happen at most once
+per item and tier. Cache rows are keyed by ``shared.llm.cache``'s cache key; this module only
+stores and reads them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Sequence
+
+import numpy as np
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from shared.db.common import ClaimedItem, dialect_insert
+from shared.db.models import Item, LlmRequest, LlmScore, utcnow
+from shared.dispatch import chunks
+from shared.vocab import RequestStatus, ScoreMethod
+
+# --- requests -----------------------------------------------------------------------------------
+
+
+def request_row(*, job_id: uuid.UUID, item_id: int, tier: int, source: str, reason: str, lease_until: dt.datetime | None,
+                now: dt.datetime, status: str = RequestStatus.QUEUED, error: str | None = None) -> dict:
+    """One ``llm_requests`` row, queued with its lease (or skipped, for a tier that was down)."""
+    return {"job_id": job_id, "item_id": item_id, "tier": tier, "source": source, "reason": reason, "status": status,
+            "attempts": 0, "lease_until": lease_until, "scores": None, "method": None, "cost_usd": 0.0, "error": error,
+            "created_at": now, "updated_at": now}
+
+
+def add_requests(*, session: Session, rows: Sequence[dict]) -> set[int]:
+    """Insert requests, skipping any (item, source) that exists; the item ids whose queued request was added.
+
+    The unique key is the guard that makes an escalation happen at most once per item and tier,
+    however many aggregators or retries try.
+    """
+    if not rows:
+        return set()
+    insert = dialect_insert(session)
+    added = session.execute(insert(LlmRequest).on_conflict_do_nothing(index_elements=["item_id", "source"])
+                            .returning(LlmRequest.item_id, LlmRequest.status), list(rows)).all()
+    return {item_id for item_id, status in added if status == RequestStatus.QUEUED}
+
+
+def queued_request_batches(*, session: Session, job_id: uuid.UUID, items_per_batch: int) -> dict[str, list[list[int]]]:
+    """Item ids with a queued LLM request, per source, in runs of ``items_per_batch``."""
+    rows = session.execute(sa.select(LlmRequest.source, LlmRequest.item_id)
+                           .where(LlmRequest.job_id == job_id, LlmRequest.status == RequestStatus.QUEUED)
+                           .order_by(LlmRequest.source, LlmRequest.item_id)).all()
+    per_source: dict[str, list[int]] = {}
+    for source, item_id in rows:
+        per_source.setdefault(source, []).append(item_id)
+    return {source: chunks(ids, items_per_batch) for source, ids in per_source.items()}
+
+
+def claim_requests(*, session: Session, item_ids: Sequence[int], source: str, lease_seconds: int) -> list[ClaimedItem]:
+    """The items among ``item_ids`` with a queued ``source`` request, with an attempt counted."""
+    rows = session.execute(
+        sa.select(LlmRequest.id, Item.id, Item.text).join(Item, Item.id == LlmRequest.item_id)
+        .where(LlmRequest.item_id.in_(list(item_ids)), LlmRequest.source == source,
+               LlmRequest.status == RequestStatus.QUEUED)
+        .order_by(Item.id)
+    ).all()
+    if rows:
+        now = utcnow()
+        session.execute(sa.update(LlmRequest).where(LlmRequest.id.in_([r[0] for r in rows])).values(
+            attempts=LlmRequest.attempts + 1, lease_until=now + dt.timedelta(seconds=lease_seconds), updated_at=now))
+    return [ClaimedItem(id=r[1], text=r[2]) for r in rows]
+
+
+def store_request_results(*, session: Session, source: str, results: dict) -> None:
+    """Record each item's answer (a ``TextScore``) from ``source``: done with scores and cost, or failed with the reason.
+
+    One executemany for the whole batch; only still-queued requests change, so a re-run is a no-op.
+    """
+    if not results:
+        return
+    now = utcnow()
+    rows = []
+    for item_id, s in results.items():
+        failed = s.method == ScoreMethod.FAILED
+        rows.append({"b_item": item_id, "b_status": RequestStatus.FAILED if failed else RequestStatus.DONE,
+                     "b_scores": None if failed else [float(p) for p in s.probabilities],
+                     "b_method": None if failed else s.method,
+                     "b_error": (s.error or "LLM answer failed")[:4000] if failed else None,
+                     "b_cost": s.spent_usd})
+    statement = (sa.update(LlmRequest)
+                 .where(LlmRequest.item_id == sa.bindparam("b_item"), LlmRequest.source == source,
+                        LlmRequest.status == RequestStatus.QUEUED)
+                 .values(status=sa.bindparam("b_status"), scores=sa.bindparam("b_scores", type_=sa.JSON),
+                         method=sa.bindparam("b_method"), error=sa.bindparam("b_error"),
+                         cost_usd=sa.bindparam("b_cost"), updated_at=now))
+    session.connection().execute(statement, rows)
+
+
+def llm_usage_by_source(*, session: Session, job_id: uuid.UUID) -> dict[str, dict[str, float]]:
+    """Per source: requests done / failed / queued / skipped and what the done ones cost."""
+    usage: dict[str, dict[str, float]] = {}
+    for source, status, n, cost in session.execute(
+            sa.select(LlmRequest.source, LlmRequest.status, sa.func.count(),
+                      sa.func.coalesce(sa.func.sum(LlmRequest.cost_usd), 0.0))
+            .where(LlmRequest.job_id == job_id).group_by(LlmRequest.source, LlmRequest.status)).all():
+        entry = usage.setdefault(source, {str(s): 0 for s in RequestStatus} | {"cost_usd": 0.0})
+        entry[status] = int(n)
+        entry["cost_usd"] += float(cost)
+    return usage
+
+
+# --- the answer cache ---------------------------------------------------------------------------
+
+_CACHE_COLUMNS = ("scores", "method", "tokens_in", "tokens_out", "cost_usd", "latency_ms", "error")
+
+
+class SqlAnswerCache:
+    """``shared.llm.cache.AnswerCache`` on the ``llm_scores`` table of ``database_url``."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+
+    def lookup(self, keys: Sequence[str]) -> dict[str, dict]:
+        from shared.db.engine import session_for
+
+        with session_for(self.database_url) as session, session.begin():
+            return lookup_answers(session=session, keys=keys)
+
+    def store(self, rows: Sequence[dict]) -> None:
+        from shared.db.engine import session_for
+
+        with session_for(self.database_url) as session, session.begin():
+            store_answers(session=session, rows=rows)
+
+
+def lookup_answers(*, session: Session, keys: Sequence[str], count_hits: bool = True) -> dict[str, dict]:
+    """Usable cached answers (failures are not reused) by cache key, as column dicts; counts a hit for each."""
+    if not keys:
+        return {}
+    rows = session.scalars(sa.select(LlmScore).where(LlmScore.cache_key.in_(set(keys)),
+                                                     LlmScore.method != ScoreMethod.FAILED)).all()
+    found = {row.cache_key: {c: getattr(row, c) for c in _CACHE_COLUMNS} for row in rows}
+    if found and count_hits:
+        session.execute(sa.update(LlmScore).where(LlmScore.cache_key.in_(list(found))).values(hits=LlmScore.hits + 1))
+    return found
+
+
+def store_answers(*, session: Session, rows: Sequence[dict]) -> None:
+    """Upsert answer rows (every ``llm_scores`` column but ``id``/``hits``); a new answer replaces only a
+    recorded failure, never a good answer."""
+    if not rows:
+        return
+    now = utcnow()
+    rows = [{**row, "hits": 0, "created_at": now} for row in rows]
+    stmt = dialect_insert(session)(LlmScore)
+    updatable = (*_CACHE_COLUMNS, "created_at")
+    stmt = stmt.on_conflict_do_update(index_elements=["cache_key"], set_={c: stmt.excluded[c] for c in updatable},
+                                      where=LlmScore.method == ScoreMethod.FAILED)
+    session.execute(stmt, rows)
+
+
+def answer_usage(*, session: Session, keys: Sequence[str]) -> dict[str, dict]:
+    """Tokens, latency and cost of the original calls behind cache ``keys`` (failures included), by key."""
+    if not keys:
+        return {}
+    rows = session.execute(sa.select(LlmScore.cache_key, LlmScore.tokens_in, LlmScore.tokens_out, LlmScore.latency_ms,
+                                     LlmScore.cost_usd).where(LlmScore.cache_key.in_(set(keys)))).all()
+    return {r.cache_key: {"tokens_in": r.tokens_in, "tokens_out": r.tokens_out, "latency_ms": r.latency_ms,
+                          "cost_usd": r.cost_usd} for r in rows}
+
+
+def answer_stats(*, session: Session) -> list[dict]:
+    """Per provider and model: calls, failures, cache hits and hit rate, tokens, cost, latency percentiles."""
+    groups = session.execute(sa.select(LlmScore.provider, LlmScore.model).distinct()
+                             .order_by(LlmScore.provider, LlmScore.model)).all()
+    report = []
+    for provider, model in groups:
+        rows = session.execute(sa.select(LlmScore.method, LlmScore.hits, LlmScore.tokens_in, LlmScore.tokens_out,
+                                         LlmScore.cost_usd, LlmScore.latency_ms)
+                               .where(LlmScore.provider == provider, LlmScore.model == model)).all()
+        calls = len(rows)
+        hits = sum(r.hits for r in rows)
+        latencies = np.array([r.latency_ms for r in rows], dtype=float)
+        report.append({
+            "provider": provider, "model": model, "calls": calls,
+            "failed": sum(r.method == ScoreMethod.FAILED for r in rows),
+            "votes": sum(r.method == ScoreMethod.VOTE for r in rows),
+            "cache_hits": hits, "cache_hit_rate": hits / (hits + calls) if calls + hits else 0.0,
+            "tokens_in": sum(r.tokens_in for r in rows), "tokens_out": sum(r.tokens_out for r in rows),
+            "cost_usd": round(sum(r.cost_usd for r in rows), 6),
+            **{f"latency_ms_p{p}": round(float(np.percentile(latencies, p)), 1) for p in (50, 90, 99)},
+        })
+    return report

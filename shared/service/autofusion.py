@@ -1,0 +1,343 @@
+"""AutoFusionClassifier: labelled texts in, a calibrated, layer-aware, LLM-aware classifier out.
+
+One call with defaults (MiniLM, automatic layer and fusion choice, no LLM):
+
+    clf = AutoFusionClassifier().fit("train.csv")
+    clf.predict(["some text"])
+
+Every choice can be set (:class:`~shared.fusion.config.AutoFusionConfig`): encoders (several,
+encoder-style or decoder LLMs), layers, fusion operator, LLM tiers, fine-tuning, escalation
+target. Every selection is made on a validation split (the ``dev`` data, or a stratified share
+of the training data), never on test data.
+
+This class is a façade: the search (``fusion.search``), the fine-tuning driver
+(``fusion.backbones``), LLM signal gathering (``fusion.llm_signals``) and escalation calibration
+(``fusion.escalation``) are plain science; it wires them to the settings, the database's LLM
+answer cache and (``publish``/``from_registry``) the registry in ``service.training``.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from shared.encoders.hf import encode_features, guess_pooling
+from shared.encoders.spec import EncoderSpec
+from shared.errors import ConfigError, InputError
+from shared.fusion.artifact import ClassifierArtifact, load_artifact, save_artifact
+from shared.fusion.backbones import finetune_all
+from shared.fusion.config import AutoFusionConfig, llm_tier
+from shared.fusion.escalation import calibrate_escalation
+from shared.fusion.llm_signals import LLMUsage, gather_llm_signals
+from shared.fusion.predict import Decision
+from shared.fusion.search import EncodeOptions, block_sets, layer_features, select, stack
+from shared.fusion.training import Candidate, Signals, encode_targets, split_train_validation, train_fusion
+from shared.llm.prompts import PROMPT_VERSION, LabelSet
+from shared.llm.sources import LLMSpec, parse_llm_spec, source_spec
+from shared.progress import progress_bar
+from shared.service.llm_scoring import score_in_process
+from shared.service.registry import publish_artifact, registered_artifact
+from shared.settings import DEFAULT_ENCODER, Settings, get_settings
+from shared.textio import LabelledData, as_labelled, check_known_labels, check_training_data, text_problems
+from shared.vocab import Mode
+
+log = logging.getLogger(__name__)
+
+# The modes this class predicts in, in this process (the service adds ``llm``: the LLM alone).
+IN_PROCESS_MODES = (Mode.FAST, Mode.FULL, Mode.AUTO)
+
+
+@dataclass
+class PredictionBatch:
+    """Predictions for a list of texts in one mode, with what the LLM path cost."""
+
+    decision: Decision
+    labels: list[list[str]]
+    escalated: np.ndarray  # bool [N]: the item got LLM scores
+    llm_calls: int = 0  # questions actually sent to an LLM (cache hits excluded)
+    llm_questions: int = 0  # questions the mode needed, cache hits included
+    llm_spent_usd: float = 0.0  # what this call paid (cache hits are free)
+    llm_cost_usd: float = 0.0  # what the questions cost at recorded prices, cache hits included
+    llm_cost_by_source: list[float] = field(default_factory=list)
+    llm_scores: np.ndarray | None = None  # [N, S, C], zeros where not asked or failed
+    llm_mask: np.ndarray | None = None  # [N, S]
+    seconds: dict = field(default_factory=dict)
+
+
+class AutoFusionClassifier:
+    """See the module docstring. ``config`` holds every choice; fitted state: ``artifact_`` (what is
+    saved and served) and ``report_``."""
+
+    def __init__(
+        self,
+        labels: Sequence[str] | None = None,
+        encoders: str | EncoderSpec | Sequence[str | EncoderSpec] = DEFAULT_ENCODER,
+        llms: Sequence[str] = (),
+        multi_label: bool | None = None,
+        *,
+        config: AutoFusionConfig | None = None,
+        settings: Settings | None = None,
+        show_progress: bool = False,
+        **choices,
+    ) -> None:
+        """``config``, or the same choices as keywords (``layers``, ``pooling``, ``max_length``,
+        ``fusion``, ``width``, ``finetune``, ``escalation``, ``training``: see AutoFusionConfig)."""
+        if config is not None and (labels or llms or choices or multi_label is not None):
+            raise ConfigError("give either config=AutoFusionConfig(...) or the choices as keywords, not both")
+        self.config = config or AutoFusionConfig.of(labels=labels, encoders=encoders, llms=llms,
+                                                    multi_label=multi_label, **choices)
+        self.settings = settings or get_settings()
+        self.show_progress = show_progress
+        self.artifact_: ClassifierArtifact | None = None
+        self.report_: dict = {}
+        self._workdir: tempfile.TemporaryDirectory | None = None
+
+    # ------------------------------------------------------------------ fit
+
+    def _prepare(self, train, dev):
+        """Check the data and split it: (labels, multi_label, texts, y, val_texts, y_val, report)."""
+        config, settings = self.config, self.settings
+        data = as_labelled(train, source="train")
+        if config.multi_label is False and data.multi_label and any(len(r) != 1 for r in data.labels):
+            raise InputError(f"{data.source}: multi_label=False but some rows have several labels")
+        multi_label = data.multi_label if config.multi_label is None else config.multi_label
+        check_training_data(data, max_chars=settings.max_text_chars)
+        labels = list(config.labels) if config.labels else data.label_names()
+        check_known_labels(data, labels)
+        targets = encode_targets(data.labels, labels, multi_label=multi_label)
+        if dev is not None:
+            dev = as_labelled(dev, source="dev")
+            check_training_data(dev, max_chars=settings.max_text_chars)
+            check_known_labels(dev, labels)
+            texts, y, val_texts = data.texts, targets, dev.texts
+            y_val = encode_targets(dev.labels, labels, multi_label=multi_label)
+            validation_source = dev.source
+        else:
+            train_idx, val_idx = split_train_validation(targets, val_fraction=config.training.val_fraction,
+                                                        seed=config.training.seed)
+            texts, val_texts = [data.texts[i] for i in train_idx], [data.texts[i] for i in val_idx]
+            y, y_val = targets[train_idx], targets[val_idx]
+            validation_source = f"stratified {config.training.val_fraction:.0%} of {data.source}"
+        report: dict = {"n_train": len(texts), "n_validation": len(val_texts), "validation_source": validation_source,
+                        "labels": labels, "multi_label": multi_label}
+        return labels, multi_label, texts, y, val_texts, y_val, report
+
+    def _encode_options(self) -> EncodeOptions:
+        return EncodeOptions(device=self.settings.device, max_tokens=self.settings.embed_max_tokens,
+                             max_batch=self.settings.embed_max_batch, show_progress=self.show_progress)
+
+    def layer_report(self, train, dev=None) -> list[dict]:
+        """Validation score of a linear probe on every hidden layer of every encoder (no classifier is fitted)."""
+        labels, multi_label, texts, y, val_texts, y_val, _ = self._prepare(train, dev)
+        specs = [self._base_spec(e, all_layers=True) for e in self.config.encoders]
+        features = [layer_features(spec, texts, val_texts, all_layers=True, options=self._encode_options())
+                    for spec in specs]
+        _, report = block_sets(features, y, y_val, labels=labels, multi_label=multi_label, auto=True,
+                               names=self._names(), training=self.config.training, show_progress=self.show_progress)
+        return report
+
+    def fit(self, train, dev=None) -> "AutoFusionClassifier":
+        config = self.config
+        started = time.perf_counter()
+        labels, multi_label, texts, y, val_texts, y_val, report = self._prepare(train, dev)
+        auto = config.layers == "auto"
+
+        specs = [self._base_spec(e) for e in config.encoders]
+        if config.finetune is not None:
+            if self._workdir is None:
+                self._workdir = tempfile.TemporaryDirectory(prefix="fusionq-backbones-")
+            specs, report["finetune"] = finetune_all(
+                specs, texts, y, val_texts, y_val, n_classes=len(labels), multi_label=multi_label,
+                config=config.finetune, out_dir=Path(self._workdir.name), device=self.settings.device,
+                show_progress=self.show_progress)
+        timer = time.perf_counter()
+        features = [layer_features(spec, texts, val_texts, all_layers=auto, options=self._encode_options())
+                    for spec in specs]
+        report["seconds_encode"] = round(time.perf_counter() - timer, 2)
+
+        timer = time.perf_counter()
+        sets, layer_rows = block_sets(features, y, y_val, labels=labels, multi_label=multi_label, auto=auto,
+                                      names=self._names(), training=config.training, show_progress=self.show_progress)
+        if layer_rows:
+            report["layers"] = layer_rows
+        trained, blocks, report["candidates"] = select(
+            features, sets, y, y_val, labels=labels, multi_label=multi_label, fusion=config.fusion, width=config.width,
+            training=config.training, show_progress=self.show_progress)
+        final_specs = [replace(spec, layers=tuple(l for i, l in blocks if i == k)) for k, spec in enumerate(specs)]
+        train_x, block_dims = stack(features, blocks, 0)  # the winner's features, for an LLM-aware refit
+        val_x, _ = stack(features, blocks, 1)
+        chosen = next(c for c in report["candidates"] if c["chosen"])
+        report["chosen"] = {"layers": {s.model: list(s.layers) for s in final_specs}, "candidate": chosen["name"],
+                            "val_score": chosen["val_score"]}
+        report["seconds_select"] = round(time.perf_counter() - timer, 2)
+
+        sources = config.sources
+        llm_specs = {source: self._llm_spec(source).name for source in sources}
+        if sources:
+            usage = self._llm_usage(texts + val_texts, labels, multi_label, llm_specs)
+            n = len(texts)
+            candidate = Candidate(chosen["operator"], chosen["width"], chosen["hidden"])
+            val_signals = Signals(val_x, usage.scores[n:], usage.mask[n:])
+            trained = train_fusion(Signals(train_x, usage.scores[:n], usage.mask[:n]), y, labels=labels,
+                                   multi_label=multi_label, block_dims=block_dims, llm_sources=sources,
+                                   candidates=(candidate,), config=config.training, validation=(val_signals, y_val))
+            report["llm"] = {"sources": {str(k): v for k, v in llm_specs.items()}, "calls": usage.calls,
+                             "questions": usage.questions, "failed": usage.failed,
+                             "spent_usd": round(usage.spent_usd, 6), "cost_per_text_usd": usage.cost_per_text}
+            log.info("fit asked the LLMs %d new questions (%d answered from the cache), spent $%.4f",
+                     usage.calls, usage.questions - usage.calls, usage.spent_usd)
+        else:
+            usage, val_signals = None, Signals(val_x)
+            report["llm"] = None
+            log.info("no LLM configured: the classifier is encoder-only (fast mode)")
+
+        self.artifact_ = ClassifierArtifact(
+            model=trained.model, temperatures=trained.temperatures, labels=list(labels), multi_label=multi_label,
+            encoders=tuple(final_specs), llm_specs={str(k): v for k, v in llm_specs.items()},
+            label_thresholds=trained.label_thresholds, prompt_version=PROMPT_VERSION if sources else None)
+        self.artifact_.escalation = calibrate_escalation(
+            self.artifact_, config.escalation, val_signals.features, y_val, llm_scores=val_signals.llm_scores,
+            llm_mask=val_signals.llm_mask, llm_cost_per_text=usage.cost_per_text if usage else 0.0)
+        report["validation"] = trained.validation
+        report["seconds"] = round(time.perf_counter() - started, 2)
+        self.artifact_.metrics = {"validation": trained.validation, "fit": report}
+        self.report_ = report
+        return self
+
+    def _base_spec(self, encoder: str | EncoderSpec, *, all_layers: bool = False) -> EncoderSpec:
+        config = self.config
+        if isinstance(encoder, EncoderSpec):
+            spec = encoder
+        else:
+            spec = EncoderSpec(model=encoder, pooling=config.pooling or guess_pooling(encoder),
+                               max_length=config.max_length)
+        return spec if all_layers or config.layers == "auto" else replace(spec, layers=config.layers)
+
+    def _names(self) -> list[str]:
+        return [e.model if isinstance(e, EncoderSpec) else e for e in self.config.encoders]
+
+    def _llm_spec(self, source: str) -> LLMSpec:
+        """The LLM answering as tier ``source``: the artifact's, the config's explicit spec, or the configured one."""
+        if self.artifact_ is not None and source in self.artifact_.llm_specs:
+            return parse_llm_spec(self.artifact_.llm_specs[source])
+        explicit = dict(llm_tier(name) for name in self.config.llms).get(source)
+        return parse_llm_spec(explicit) if explicit else source_spec(self.settings, source)
+
+    def _llm_usage(self, texts: list[str], labels: list[str], multi_label: bool, specs: dict) -> LLMUsage:
+        """Scores of ``texts`` from every source, through the database's answer cache (a second fit asks nothing new)."""
+        label_set = LabelSet(tuple(labels))
+
+        def scorer(source: str, spec: LLMSpec):
+            return lambda part: score_in_process(self.settings, spec, labels=label_set, multi_label=multi_label,
+                                                 texts=part, show_progress=self.show_progress, desc=f"LLM {source}",
+                                                 source=source)
+
+        return gather_llm_signals([scorer(source, spec if isinstance(spec, LLMSpec) else parse_llm_spec(spec))
+                                   for source, spec in specs.items()], texts, len(labels))
+
+    # ------------------------------------------------------------------ predict
+
+    def _fitted(self) -> ClassifierArtifact:
+        if self.artifact_ is None:
+            raise ConfigError("this AutoFusionClassifier is not fitted: call fit() or load()")
+        return self.artifact_
+
+    def features(self, texts: Sequence[str]) -> np.ndarray:
+        """The classifier's encoder features of ``texts`` [N, D] (unusable texts raise, naming them)."""
+        problems = text_problems(texts, max_chars=self.settings.max_text_chars)
+        if problems:
+            shown = "; ".join(f"text {i}: {p}" for i, p in problems[:5])
+            raise InputError(f"{len(problems)} text(s) cannot be classified ({shown})")
+        artifact = self._fitted()
+        with progress_bar(total=len(texts) * len(artifact.encoders), desc="encode", unit="text",
+                          enabled=self.show_progress) as bar:
+            return encode_features(artifact.encoders, list(texts), device=self.settings.device,
+                                   max_tokens=self.settings.embed_max_tokens, max_batch=self.settings.embed_max_batch,
+                                   on_batch=bar.update)
+
+    def predict_batch(self, texts: Sequence[str], mode: str = Mode.FAST, *, features: np.ndarray | None = None,
+                      threshold: float | None = None) -> PredictionBatch:
+        """Predictions in ``mode``: fast (encoder only), full (every LLM source for every text) or auto
+        (LLM sources only for items below the escalation threshold, the stored one by default)."""
+        artifact = self._fitted()
+        if mode not in IN_PROCESS_MODES:
+            raise ConfigError(f"mode {mode!r} is not one of {', '.join(IN_PROCESS_MODES)}")
+        if mode != Mode.FAST:
+            if not artifact.llm_sources:
+                raise ConfigError(f"mode {mode!r} needs LLM sources and this classifier has none (it was fitted "
+                                  "encoder-only): use mode fast, or refit with llms=[...]")
+            artifact.check_prompt_version()
+        timer = time.perf_counter()
+        features = self.features(texts) if features is None else features
+        seconds = {"encode": time.perf_counter() - timer}
+        decision = artifact.decide(features)
+        escalated = np.zeros(len(features), dtype=bool)
+        extra: dict = {}
+        if mode != Mode.FAST:
+            cut = artifact.escalation_threshold if threshold is None else threshold
+            escalated = np.ones_like(escalated) if mode == Mode.FULL else decision.confidence < cut
+            rows = np.flatnonzero(escalated)
+            if len(rows):
+                timer = time.perf_counter()
+                usage = self._llm_usage([texts[i] for i in rows], artifact.labels, artifact.multi_label,
+                                        {s: self._llm_spec(s) for s in artifact.llm_sources})
+                seconds["llm"] = time.perf_counter() - timer
+                fused = artifact.decide(features[rows], usage.scores, usage.mask)
+                decision = _merge(decision, fused, rows)
+                scores = np.zeros((len(features), *usage.scores.shape[1:]), dtype=np.float32)
+                mask = np.zeros((len(features), usage.mask.shape[1]), dtype=np.float32)
+                scores[rows], mask[rows] = usage.scores, usage.mask
+                extra = {"llm_calls": usage.calls, "llm_questions": usage.questions, "llm_spent_usd": usage.spent_usd,
+                         "llm_cost_usd": sum(usage.cost_by_source), "llm_cost_by_source": usage.cost_by_source,
+                         "llm_scores": scores, "llm_mask": mask}
+        names = [[artifact.labels[c] for c in np.flatnonzero(row)] for row in decision.label_matrix]
+        return PredictionBatch(decision=decision, labels=names, escalated=escalated,
+                               seconds={k: round(v, 3) for k, v in seconds.items()}, **extra)
+
+    def predict(self, texts: Sequence[str], mode: str = Mode.FAST) -> list:
+        """One label per text (single-label) or a list of labels per text (multi-label)."""
+        batch = self.predict_batch(texts, mode)
+        return batch.labels if self._fitted().multi_label else [names[0] for names in batch.labels]
+
+    def predict_proba(self, texts: Sequence[str], mode: str = Mode.FAST) -> np.ndarray:
+        """Calibrated probabilities [N, C], columns in the order of ``artifact_.labels``."""
+        return self.predict_batch(texts, mode).decision.probabilities
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, path: str | Path) -> str:
+        """Write the artifact (and any fine-tuned backbone) into a new directory; returns its sha256."""
+        return save_artifact(Path(path), self._fitted())
+
+    @classmethod
+    def load(cls, path: str | Path, *, settings: Settings | None = None,
+             expected_sha256: str | None = None) -> "AutoFusionClassifier":
+        artifact = load_artifact(Path(path), expected_sha256=expected_sha256)
+        clf = cls(labels=artifact.labels, encoders=list(artifact.encoders), llms=list(artifact.llm_sources),
+                  multi_label=artifact.multi_label, settings=settings)
+        clf.artifact_ = artifact
+        clf.report_ = artifact.metrics.get("fit", {})
+        return clf
+
+    def publish(self, name: str):
+        """Save as the next version of ``name`` under the artifact directory and register it (the registry row)."""
+        return publish_artifact(self.settings, name, self._fitted())
+
+    @classmethod
+    def from_registry(cls, ref: str, *, settings: Settings | None = None) -> "AutoFusionClassifier":
+        """The registered classifier ``NAME`` (latest) or ``NAME@VERSION``, loaded and verified."""
+        settings = settings or get_settings()
+        uri, sha = registered_artifact(settings, ref)
+        return cls.load(uri, settings=settings, expected_sha256=sha)
+
+
+def _merge(base: Decision, update: Decision, rows: np.ndarray) -> Decision:
+    probabilities, labels, confidence = base.probabilities.copy(), base.label_matrix.copy(), base.confidence.copy()
+    probabilities[rows], labels[rows], confidence[rows] = update.probabilities, update.label_matrix, update.confidence
+    return Decision(probabilities=probabilities, label_matrix=labels, confidence=confidence)

@@ -1,0 +1,60 @@
+"""The ``embed`` stage: encoder features for a batch of pending items."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import numpy as np
+
+from shared.db.engine import session_for
+from shared.db.items import mark_failed, store_features
+from shared.db.jobs import refresh_job
+from shared.encoders.hf import encode_features
+from shared.encoders.spec import features_key, specs_from_dict
+from shared.errors import EncoderError
+from shared.service.claims import claim
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def embed_stage(settings: Settings, *, job_id: str, item_ids: list[int]) -> list[int]:
+    """Encode the pending items among ``item_ids``; returns the ids that now have features."""
+    _, classifier, claimed = claim(settings, job_id, item_ids)
+    if not claimed:
+        return []
+    specs = specs_from_dict(classifier.encoder_spec)
+    try:
+        vectors, errors = _encode_isolating_failures(specs, claimed, settings)
+    except EncoderError as exc:  # the encoder itself cannot load: retrying the same message cannot help
+        vectors, errors = {}, {item.id: str(exc) for item in claimed}
+    with session_for(settings.effective_database_url) as session, session.begin():
+        if vectors:
+            dim = len(next(iter(vectors.values()))) // np.dtype(np.float32).itemsize
+            store_features(session=session, encoder_key=features_key(specs), vectors=vectors, dim=dim,
+                           lease_seconds=settings.item_lease_seconds)
+        if errors:
+            mark_failed(session=session, errors=errors)
+            refresh_job(session=session, job_id=uuid.UUID(job_id))
+    return sorted(vectors)
+
+
+def _encode_isolating_failures(specs, claimed, settings: Settings) -> tuple[dict[int, bytes], dict[int, str]]:
+    """Encode all texts in one call; only if that fails, one by one, so a bad text fails alone."""
+    texts = [item.text for item in claimed]
+    options = {"device": settings.device, "max_tokens": settings.embed_max_tokens, "max_batch": settings.embed_max_batch}
+    try:
+        features = encode_features(specs, texts, **options)
+        return {item.id: features[i].tobytes() for i, item in enumerate(claimed)}, {}
+    except EncoderError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure of the batch: isolate the culprit below
+        log.warning("batch of %d texts failed to encode (%s); retrying one by one", len(texts), exc)
+    vectors, errors = {}, {}
+    for item in claimed:
+        try:
+            vectors[item.id] = encode_features(specs, [item.text], **options)[0].tobytes()
+        except Exception as exc:  # noqa: BLE001 - recorded on the item, never raised past it
+            errors[item.id] = f"encoder failed on this text: {type(exc).__name__}: {exc}"
+    return vectors, errors

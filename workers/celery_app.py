@@ -1,0 +1,88 @@
+"""The Celery app factory: queues, routing and the reliability settings every worker shares.
+
+Importing this module builds no app; ``workers.app`` is the one the ``celery`` command loads
+(``celery -A workers.app worker -Q embed -c 1 -E``), and ``workers.dispatch`` builds its own from
+the client's settings.
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+from celery.signals import worker_init, worker_process_init
+from kombu import Queue
+
+from shared.db.engine import dispose_engines
+from shared.settings import Settings, get_settings
+from shared.dispatch import TaskName
+from workers import embed, fusion, llm_api, llm_local, maintenance
+
+QUEUES = ("embed", "llm_local", "llm_api", "fusion", "maintenance")
+TASK_ROUTES = {
+    str(TaskName.EMBED): {"queue": "embed"},
+    str(TaskName.FUSE): {"queue": "fusion"},
+    "fusionq.llm_local.*": {"queue": "llm_local"},
+    "fusionq.llm_api.*": {"queue": "llm_api"},
+    "fusionq.maintenance.*": {"queue": "maintenance"},
+}
+
+
+def create_app(settings: Settings) -> Celery:
+    """A Celery app configured from ``settings``, with every fusionq task defined on it."""
+    app = Celery("fusionq", broker=settings.effective_broker_url, set_as_current=False)
+    app.conf.update(
+        task_queues=[Queue(name) for name in QUEUES],
+        task_default_queue="fusion",
+        task_routes=TASK_ROUTES,
+        # JSON only: a pickled message from the broker is never executed.
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        event_serializer="json",
+        # Postgres holds results; messages only say "work on these ids".
+        task_ignore_result=True,
+        result_backend=None,
+        # A task is acknowledged after it ran, and redelivered if its worker dies mid-task.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # Hard limit well under the visibility timeout, so Redis never redelivers a running task.
+        task_time_limit=settings.task_time_limit,
+        task_soft_time_limit=int(settings.task_time_limit * 0.9),
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_connection_retry_on_startup=True,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        # The sweeper: one beat process sends it; a sweep that could not run in time is dropped.
+        beat_schedule={"sweep-expired-leases": {"task": str(TaskName.SWEEP), "schedule": settings.sweep_interval,
+                                                "options": {"expires": settings.sweep_interval}}},
+    )
+    embed.register(app, settings=settings)
+    fusion.register(app, settings=settings)
+    llm_local.register(app, settings=settings)
+    llm_api.register(app, settings=settings)
+    maintenance.register(app, settings=settings)
+    return app
+
+
+@worker_process_init.connect
+def _forget_parent_connections(**_kwargs) -> None:
+    # A prefork child must open its own database connections; models load lazily on first use.
+    dispose_engines()
+    _limit_torch_threads()
+
+
+@worker_init.connect
+def _on_worker_start(**_kwargs) -> None:
+    _limit_torch_threads()
+
+
+def _limit_torch_threads() -> None:
+    """Apply FUSIONQ_TORCH_THREADS: a fusion worker on a small box must not fight the encoder for cores."""
+    threads = get_settings().torch_threads
+    if threads:
+        import torch  # setting CPU threads does not initialise CUDA
+
+        torch.set_num_threads(threads)
+
