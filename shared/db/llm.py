@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from shared.db.common import ClaimedItem, dialect_insert
+from shared.db.engine import session_for
 from shared.db.models import Item, LlmRequest, LlmScore, utcnow
 from shared.dispatch import chunks
 from shared.vocab import RequestStatus, ScoreMethod
@@ -121,14 +122,10 @@ class SqlAnswerCache:
         self.database_url = database_url
 
     def lookup(self, keys: Sequence[str]) -> dict[str, dict]:
-        from shared.db.engine import session_for
-
         with session_for(self.database_url) as session, session.begin():
             return lookup_answers(session=session, keys=keys)
 
     def store(self, rows: Sequence[dict]) -> None:
-        from shared.db.engine import session_for
-
         with session_for(self.database_url) as session, session.begin():
             store_answers(session=session, rows=rows)
 
@@ -157,16 +154,6 @@ def store_answers(*, session: Session, rows: Sequence[dict]) -> None:
     stmt = stmt.on_conflict_do_update(index_elements=["cache_key"], set_={c: stmt.excluded[c] for c in updatable},
                                       where=LlmScore.method == ScoreMethod.FAILED)
     session.execute(stmt, rows)
-
-
-def answer_usage(*, session: Session, keys: Sequence[str]) -> dict[str, dict]:
-    """Tokens, latency and cost of the original calls behind cache ``keys`` (failures included), by key."""
-    if not keys:
-        return {}
-    rows = session.execute(sa.select(LlmScore.cache_key, LlmScore.tokens_in, LlmScore.tokens_out, LlmScore.latency_ms,
-                                     LlmScore.cost_usd).where(LlmScore.cache_key.in_(set(keys)))).all()
-    return {r.cache_key: {"tokens_in": r.tokens_in, "tokens_out": r.tokens_out, "latency_ms": r.latency_ms,
-                          "cost_usd": r.cost_usd} for r in rows}
 
 
 def answer_stats(*, session: Session) -> list[dict]:

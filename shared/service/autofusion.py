@@ -178,7 +178,7 @@ class AutoFusionClassifier:
         report["seconds_select"] = round(time.perf_counter() - timer, 2)
 
         sources = config.sources
-        llm_specs = {source: self._llm_spec(source).name for source in sources}
+        llm_specs = {source: self._llm_spec(source) for source in sources}
         if sources:
             usage = self._llm_usage(texts + val_texts, labels, multi_label, llm_specs)
             n = len(texts)
@@ -187,7 +187,7 @@ class AutoFusionClassifier:
             trained = train_fusion(Signals(train_x, usage.scores[:n], usage.mask[:n]), y, labels=labels,
                                    multi_label=multi_label, block_dims=block_dims, llm_sources=sources,
                                    candidates=(candidate,), config=config.training, validation=(val_signals, y_val))
-            report["llm"] = {"sources": {str(k): v for k, v in llm_specs.items()}, "calls": usage.calls,
+            report["llm"] = {"sources": {str(k): v.name for k, v in llm_specs.items()}, "calls": usage.calls,
                              "questions": usage.questions, "failed": usage.failed,
                              "spent_usd": round(usage.spent_usd, 6), "cost_per_text_usd": usage.cost_per_text}
             log.info("fit asked the LLMs %d new questions (%d answered from the cache), spent $%.4f",
@@ -199,7 +199,7 @@ class AutoFusionClassifier:
 
         self.artifact_ = ClassifierArtifact(
             model=trained.model, temperatures=trained.temperatures, labels=list(labels), multi_label=multi_label,
-            encoders=tuple(final_specs), llm_specs={str(k): v for k, v in llm_specs.items()},
+            encoders=tuple(final_specs), llm_specs={str(k): v.name for k, v in llm_specs.items()},
             label_thresholds=trained.label_thresholds, prompt_version=PROMPT_VERSION if sources else None)
         self.artifact_.escalation = calibrate_escalation(
             self.artifact_, config.escalation, val_signals.features, y_val, llm_scores=val_signals.llm_scores,
@@ -229,7 +229,7 @@ class AutoFusionClassifier:
         explicit = dict(llm_tier(name) for name in self.config.llms).get(source)
         return parse_llm_spec(explicit) if explicit else source_spec(self.settings, source)
 
-    def _llm_usage(self, texts: list[str], labels: list[str], multi_label: bool, specs: dict) -> LLMUsage:
+    def _llm_usage(self, texts: list[str], labels: list[str], multi_label: bool, specs: dict[str, LLMSpec]) -> LLMUsage:
         """Scores of ``texts`` from every source, through the database's answer cache (a second fit asks nothing new)."""
         label_set = LabelSet(tuple(labels))
 
@@ -238,8 +238,7 @@ class AutoFusionClassifier:
                                                  texts=part, show_progress=self.show_progress, desc=f"LLM {source}",
                                                  source=source)
 
-        return gather_llm_signals([scorer(source, spec if isinstance(spec, LLMSpec) else parse_llm_spec(spec))
-                                   for source, spec in specs.items()], texts, len(labels))
+        return gather_llm_signals([scorer(source, spec) for source, spec in specs.items()], texts, len(labels))
 
     # ------------------------------------------------------------------ predict
 
