@@ -26,7 +26,7 @@ from shared.db.jobs import flag_counts, get_job
 from shared.db.llm import llm_usage_by_source
 from shared.db.models import Classifier
 from shared.dispatch import Dispatcher
-from shared.errors import InputError, JobTimeout
+from shared.errors import BrokerUnavailable, InputError, JobTimeout
 from shared.llm.prompts import LabelSet
 from shared.llm.sources import source_spec
 from shared.schemas import ItemResult, JobProgress, JobStats, TierStats
@@ -43,6 +43,11 @@ def _text_list(texts) -> list[str]:
     if not texts:
         raise InputError("no texts to classify: submit at least one")
     return texts
+
+
+def _job_labels(session, job) -> list[str]:
+    """The classes a job answers: its classifier's, or those it was given (an LLM-only job)."""
+    return list(session.get(Classifier, job.classifier_id).labels if job.classifier_id else job.labels["names"])
 
 
 class FusionqClient:
@@ -120,8 +125,15 @@ class FusionqClient:
     def _submit(self, texts: list[str], *, classifier_ref: str | None, mode: str, key: str | None, **job) -> uuid.UUID:
         dispatcher = self.dispatcher  # connect (start the embedded worker) before the job exists
         job_id, sends = store_job(self.settings, texts, classifier_ref=classifier_ref, mode=mode, key=key, **job)
-        for task, batch in sends:  # only after commit, so a worker always finds the rows
-            dispatcher.send(task, str(job_id), batch)
+        for sent, (task, batch) in enumerate(sends):  # only after commit, so a worker always finds the rows
+            try:
+                dispatcher.send(task, str(job_id), batch)
+            except BrokerUnavailable as exc:
+                raise BrokerUnavailable(
+                    f"job {job_id} is stored, but {len(sends) - sent} of its {len(sends)} messages were not enqueued: "
+                    f"{exc}. Nothing is lost: once the broker is back, the sweeper re-sends them within "
+                    f"FUSIONQ_ITEM_LEASE_SECONDS={self.settings.item_lease_seconds}s; follow it with `fusionq job {job_id}`"
+                ) from None
         return job_id
 
     def progress(self, job_id: uuid.UUID | str) -> JobProgress:
@@ -144,7 +156,8 @@ class FusionqClient:
             tiers = [TierStats(source=s, threshold=thresholds.get(s), **{k: v for k, v in usage.get(s, {}).items()})
                      for s in sources]
             flags = flag_counts(session=session, job_id=job.id)
-            return JobStats(job_id=job.id, mode=job.mode, status=job.status, n_items=job.n_items, n_done=job.n_done,
+            return JobStats(job_id=job.id, mode=job.mode, status=job.status, labels=_job_labels(session, job),
+                            n_items=job.n_items, n_done=job.n_done,
                             n_failed=job.n_failed, n_escalated=job.n_escalated, budget_items=job.budget_items,
                             budget_usd=job.budget_usd, llm_cost_usd=sum(t.cost_usd for t in tiers), tiers=tiers,
                             flags=flags)
@@ -176,7 +189,7 @@ class FusionqClient:
         """One result per submitted text, in submission order."""
         with session_for(self._url) as session:
             job = get_job(session=session, job_id=job_id)
-            labels = session.get(Classifier, job.classifier_id).labels if job.classifier_id else job.labels["names"]
+            labels = _job_labels(session, job)
             results = []
             for item, prediction in job_result_rows(session=session, job_id=job.id):
                 results.append(ItemResult(

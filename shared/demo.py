@@ -53,10 +53,8 @@ def run_demo(settings: Settings, *, connect: Callable[[Settings], FusionqClient]
     options.setdefault("encoders", [settings.default_encoder])
     print(f"training {name!r} on {len(train.texts)} texts from {train.source} ...")
     trained = train_classifier(settings=settings, name=name, data=train, show_progress=show_progress, **options)
-    ref = f"{trained.classifier.name}@{trained.classifier.version}"
-    chosen = trained.report["chosen"]
-    print(f"trained {ref} in {trained.seconds:.1f}s: layers {chosen['layers']}, {chosen['candidate']}; "
-          f"validation accuracy {trained.validation['accuracy_calibrated']:.3f}")
+    ref = trained.ref
+    print(trained.summary())
     mode = "embedded worker, in-memory broker" if settings.embedded else f"workers on {settings.effective_broker_url}"
     print(f"classifying {len(test.texts)} held-out texts through the Celery tasks ({mode}) ...")
     with connect(settings) as client:

@@ -13,6 +13,9 @@
   + JobNotFound                 no job with that id
   + JobTimeout                  waiting for a job took longer than asked
   + RegistryConflict            two processes published the same classifier version at once
+  + ServiceUnavailable          a database or broker that cannot be reached (says which, and what to do)
+  |  + DatabaseUnavailable      the database refused the connection or does not exist
+  |  + BrokerUnavailable        nobody answers at the broker URL
   + ScorerError                 an LLM scorer could not produce scores
      + LLMLoadError             an in-process LLM that cannot be loaded
      + LLMAnswerError           the LLM answered, but not in a form we can read (never a default class)
@@ -77,6 +80,18 @@ class JobTimeout(FusionqError, TimeoutError):
 
 class RegistryConflict(FusionqError):
     """Raised when two processes publish the same classifier name and version at once."""
+
+
+class ServiceUnavailable(FusionqError):
+    """Raised when a service fusionq needs cannot be reached; the message names it and what to do."""
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """Raised when the database refuses the connection, is not running, or does not exist."""
+
+
+class BrokerUnavailable(ServiceUnavailable):
+    """Raised when the Celery broker cannot be reached, before or while a job is enqueued."""
 
 
 class ScorerError(FusionqError):

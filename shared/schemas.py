@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 
 
@@ -63,6 +63,7 @@ class JobStats(BaseModel):
     job_id: uuid.UUID
     mode: str
     status: str
+    labels: list[str] = Field(description="The classes the job answers, in the order of its probabilities.")
     n_items: int
     n_done: int
     n_failed: int

@@ -7,20 +7,30 @@ in-process worker, and a SQLite file under ``FUSIONQ_HOME``.
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import ConfigError
 
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+# Brokers with a visibility timeout: an unacknowledged task is handed out again once it passes.
+REDIS_SCHEMES = ("redis://", "rediss://", "sentinel://")
 
 
 class Settings(BaseSettings):
     """All configuration of a fusionq process. Build with :func:`get_settings`."""
 
     model_config = SettingsConfigDict(env_prefix="FUSIONQ_", env_file=".env", extra="ignore")
+
+    def __init__(self, **values) -> None:
+        """Raises :class:`ConfigError` naming each bad ``FUSIONQ_*`` variable, never a pydantic traceback."""
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError(_describe(exc)) from None
 
     home: Path = Field(default=Path("~/.fusionq"), description="Folder for the embedded SQLite database and artifacts.")
     broker_url: str | None = Field(default=None, description="Celery broker, e.g. redis://host:6379/0. Unset: in-memory, in-process worker.")
@@ -46,18 +56,38 @@ class Settings(BaseSettings):
     llm_breaker_cooldown: float = Field(default=30.0, gt=0, description="Seconds the breaker stays open.")
     llm_batch_items: int = Field(default=32, ge=1, description="Items per LLM scoring task.")
     task_time_limit: int = Field(default=600, ge=10, description="Hard time limit of one task, seconds.")
-    visibility_timeout: int = Field(default=3600, ge=60, description="Redis visibility timeout, seconds; must exceed the task time limit.")
+    visibility_timeout: int = Field(default=3600, ge=60, description="Redis visibility timeout, seconds; with a Redis broker it must be at least twice the task time limit.")
     item_lease_seconds: int = Field(default=900, ge=2, description="How long an enqueued item may wait before the sweeper may re-enqueue it.")
     max_attempts: int = Field(default=5, ge=1, description="Deliveries of one item (or LLM request) before the sweeper dead-letters it with its error.")
     sweep_interval: float = Field(default=60.0, gt=0, description="Seconds between sweeps (celery beat on the maintenance queue).")
     escalation_tiers: str = Field(default="local,api", description="LLM tiers of auto/full modes, cheapest first: source[@threshold],... Unset threshold: the classifier's calibrated one.")
+
+    @field_validator("database_url")
+    @classmethod
+    def _parse_database_url(cls, url: str | None) -> str | None:
+        if url:
+            import sqlalchemy as sa
+
+            try:
+                sa.make_url(_with_driver(url))
+            except (sa.exc.ArgumentError, ValueError) as exc:
+                raise ValueError(f"is not a database URL ({exc}); expected e.g. "
+                                 "postgresql+psycopg://user@host:5432/dbname") from None
+        return url or None
+
+    @field_validator("broker_url")
+    @classmethod
+    def _parse_broker_url(cls, url: str | None) -> str | None:
+        if url and "://" not in url:
+            raise ValueError("is not a broker URL; expected e.g. redis://host:6379/0 (unset: the embedded in-memory broker)")
+        return url or None
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":
         self.home = self.home.expanduser()
         if self.artifact_dir is not None:
             self.artifact_dir = self.artifact_dir.expanduser()
-        if self.task_time_limit * 2 > self.visibility_timeout:
+        if self.task_time_limit * 2 > self.visibility_timeout and self.effective_broker_url.startswith(REDIS_SCHEMES):
             raise ConfigError(
                 f"FUSIONQ_TASK_TIME_LIMIT={self.task_time_limit}s must be at most half of "
                 f"FUSIONQ_VISIBILITY_TIMEOUT={self.visibility_timeout}s, or Redis redelivers tasks that are still running."
@@ -84,6 +114,27 @@ class Settings(BaseSettings):
     @property
     def effective_artifact_dir(self) -> Path:
         return self.artifact_dir or self.home / "artifacts"
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line per bad setting, each naming its environment variable and the value given."""
+    lines = []
+    for error in exc.errors():
+        message = error["msg"].removeprefix("Value error, ")
+        if error["loc"]:
+            field = str(error["loc"][0])
+            given = error.get("input")
+            shown = "***" if "key" in field else hide_password(str(given)) if "url" in field else given
+            lines.append(f"FUSIONQ_{field.upper()}={shown!s}: {message}" if not isinstance(given, dict)
+                         else f"FUSIONQ_{field.upper()}: {message}")
+        else:  # a rule over several settings: its message names them
+            lines.append(message)
+    return "; ".join(lines)
+
+
+def hide_password(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for messages and logs."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
 def _with_driver(url: str) -> str:

@@ -69,10 +69,16 @@ def _decode(path: Path) -> str:
 def read_rows(path: str | Path, *, required: tuple[str, ...]) -> tuple[list[dict[str, str]], list[str]]:
     """Rows of a UTF-8 CSV with a header holding every column in ``required``; (rows, header)."""
     path = Path(path)
+    if path.is_dir():
+        raise DataFileError(f"{path}: is a directory; give the CSV file inside it")
     if not path.is_file():
         raise DataFileError(f"{path}: no such file")
     reader = csv.DictReader(io.StringIO(_decode(path), newline=""))
     header = list(reader.fieldnames or [])
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:  # csv.DictReader would silently keep the last column of each name
+        raise DataFileError(f"{path}: column(s) {', '.join(map(repr, repeated))} appear more than once in the header "
+                            f"{header}; rename or drop the copies")
     missing = [c for c in required if c not in header]
     if missing:
         raise DataFileError(
@@ -94,14 +100,29 @@ def read_rows(path: str | Path, *, required: tuple[str, ...]) -> tuple[list[dict
 
 def read_texts(path: str | Path, *, column: str = "text") -> list[str]:
     """The ``column`` of a CSV, in order. Empty texts are kept; the service marks them failed."""
-    rows, _ = read_rows(path, required=(column,))
-    return [row[column] or "" for row in rows]
+    return read_texts_and_ids(path, column=column)[0]
+
+
+def read_texts_and_ids(path: str | Path, *, column: str = "text",
+                       id_column: str | None = None) -> tuple[list[str], list[str] | None]:
+    """The texts of ``column`` and the caller's ids from ``id_column`` (None when not asked for), in order."""
+    rows, _ = read_rows(path, required=(column,) if id_column is None else (column, id_column))
+    texts = [row[column] or "" for row in rows]
+    return texts, None if id_column is None else [row[id_column] or "" for row in rows]
+
+
+def csv_header(path: str | Path) -> list[str]:
+    """The column names of a CSV file (read as :func:`read_rows` does, so its errors come first)."""
+    return read_rows(path, required=())[1]
 
 
 def read_labelled(path: str | Path) -> LabelledData:
     """A ``text,label`` (single-label) or ``text,labels`` (multi-label, ``|``-joined) CSV."""
     path = Path(path)
     rows, header = read_rows(path, required=("text",))
+    if "labels" in header and "label" in header:
+        raise DataFileError(f"{path}: both a 'label' and a 'labels' column; keep `label` for single-label "
+                            f"or `labels` for {LABEL_SEPARATOR}-joined multi-label data, not both")
     if "labels" in header:
         column, multi = "labels", True
     elif "label" in header:

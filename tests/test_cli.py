@@ -2,11 +2,22 @@
 
 import csv
 import json
+import math
 
 import pytest
 
 from shared.cli import main
 from tests.conftest import write_csv
+
+
+def _ece(confidence: list[float], correct: list[bool], n_bins: int = 15) -> float:
+    """Expected calibration error over bins (k/n, (k+1)/n], written out by hand (bin 0 also takes 0)."""
+    bins: dict[int, list[tuple[float, bool]]] = {}
+    for c, ok in zip(confidence, correct):
+        bins.setdefault(min(max(math.ceil(c * n_bins) - 1, 0), n_bins - 1), []).append((c, ok))
+    return sum(len(members) / len(confidence) * abs(sum(ok for _, ok in members) / len(members)
+                                                     - sum(c for c, _ in members) / len(members))
+               for members in bins.values())
 
 
 @pytest.fixture
@@ -18,7 +29,7 @@ def home(tmp_path, monkeypatch):
 
 def test_train_classify_evaluate_round_trip(home, topic_csvs, tiny_bert_path, capsys):
     train_csv, test_csv = topic_csvs
-    assert main(["-q", "train", "--data", str(train_csv), "--name", "topics", "--encoder", tiny_bert_path]) == 0
+    assert main(["-q", "train", "--json", "--data", str(train_csv), "--name", "topics", "--encoder", tiny_bert_path]) == 0
     trained = json.loads(capsys.readouterr().out)
     assert trained["classifier"] == "topics@1" and trained["labels"] == ["business", "science", "sports"]
 
@@ -32,7 +43,15 @@ def test_train_classify_evaluate_round_trip(home, topic_csvs, tiny_bert_path, ca
     assert main(["-q", "evaluate", "--classifier", "topics@1", "--data", str(test_csv), "--out-dir", "ev",
                  "--through-service"]) == 0
     report = json.loads((home / "ev" / "metrics.json").read_text())
-    assert report["n_texts"] == 30 and 0 <= report["ece"] <= 1
+    assert report["n_texts"] == 30 and report["n_failed"] == 0
+    # The same texts classified once more: accuracy and ECE (15 equal-width bins) recomputed from the CSV
+    assert main(["-q", "classify", "--classifier", "topics@1", "--in", str(test_csv), "--out", str(home / "t.csv")]) == 0
+    truth = [r["label"] for r in csv.DictReader(test_csv.open())]
+    predicted = list(csv.DictReader((home / "t.csv").open()))
+    correct = [r["labels"] == label for r, label in zip(predicted, truth)]
+    confidence = [float(r["confidence"]) for r in predicted]
+    assert report["accuracy"] == pytest.approx(sum(correct) / 30)
+    assert report["ece"] == pytest.approx(_ece(confidence, correct), abs=1e-5)
     assert [r["coverage"] for r in report["coverage_accuracy"]] == [0.5, 0.7, 0.9, 1.0]
     assert "## Confusion matrix" in (home / "ev" / "report.md").read_text()
 
@@ -80,8 +99,16 @@ def test_multi_label_data_trains_and_evaluates_with_micro_f1(home, tiny_bert_pat
     assert main(["-q", "evaluate", "--classifier", "multi", "--data", str(data), "--out-dir", "mev"]) == 0
     report = json.loads((home / "mev" / "comparison.json").read_text())
     assert report["multi_label"] and set(report["modes"]) == {"fast"}  # no LLM source: fast mode only
-    assert 0 <= report["modes"]["fast"]["micro_f1"] <= 1
     assert report["labels"] == ["business", "news", "science", "sports"]
+    # micro-F1 recomputed from the label sets the service predicts for the same texts
+    assert main(["-q", "classify", "--classifier", "multi", "--in", str(data), "--out", str(home / "mp.csv")]) == 0
+    predicted = [set(r["labels"].split("|")) for r in csv.DictReader((home / "mp.csv").open())]
+    truth = [set(labels.split("|")) for _, labels in rows]
+    tp = sum(len(p & t) for p, t in zip(predicted, truth))
+    n_predicted, n_true = sum(map(len, predicted)), sum(map(len, truth))
+    assert report["modes"]["fast"]["micro_f1"] == pytest.approx(2 * tp / (n_predicted + n_true))
+    exact = sum(p == t for p, t in zip(predicted, truth)) / len(truth)
+    assert report["modes"]["fast"]["accuracy"] == pytest.approx(exact)
 
 
 def test_score_and_llm_stats_and_llm_alone_evaluation(home, capsys):

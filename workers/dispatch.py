@@ -8,20 +8,46 @@
 from __future__ import annotations
 
 from celery import Celery
+from kombu.exceptions import OperationalError as BrokerOperationalError
 
-from shared.settings import Settings
+from shared.errors import BrokerUnavailable
+from shared.settings import Settings, hide_password
 from workers.celery_app import create_app
 from workers.embedded import EmbeddedWorker
 
 
-class CeleryDispatcher:
-    """Sends tasks by name on ``app``'s broker."""
+def broker_failure(url: str, exc: Exception) -> str | None:
+    """What to tell a user whose broker does not answer; None when ``exc`` is no broker failure."""
+    if not isinstance(exc, (BrokerOperationalError, ConnectionError)):
+        return None
+    return (f"cannot reach the broker {hide_password(url)}: {exc}; start it, or fix FUSIONQ_BROKER_URL "
+            "(unset it to run everything in this process)")
 
-    def __init__(self, app: Celery) -> None:
+
+class CeleryDispatcher:
+    """Sends tasks by name on ``app``'s broker; refuses to be built when nobody answers there, so a
+    client never stores a job it cannot enqueue."""
+
+    def __init__(self, app: Celery, *, check: bool = True) -> None:
         self.app = app
+        if check:
+            try:
+                with app.connection_for_write() as conn:
+                    conn.ensure_connection(max_retries=1, timeout=5)
+            except Exception as exc:
+                message = broker_failure(app.conf.broker_url, exc)
+                if message is None:
+                    raise
+                raise BrokerUnavailable(message) from None
 
     def send(self, task: str, job_id: str, item_ids: list[int]) -> None:
-        self.app.send_task(str(task), args=[job_id, list(item_ids)])
+        try:
+            self.app.send_task(str(task), args=[job_id, list(item_ids)])
+        except Exception as exc:
+            message = broker_failure(self.app.conf.broker_url, exc)
+            if message is None:
+                raise
+            raise BrokerUnavailable(message) from None
 
     def close(self) -> None:
         self.app.close()
@@ -31,7 +57,7 @@ class EmbeddedDispatcher(CeleryDispatcher):
     """A Celery app on ``memory://`` whose worker runs in this process; stopped by :meth:`close`."""
 
     def __init__(self, app: Celery) -> None:
-        super().__init__(app)
+        super().__init__(app, check=False)
         self.worker = EmbeddedWorker(app).start()
 
     def close(self) -> None:

@@ -6,9 +6,10 @@ Each command imports what it needs when it runs, so `fusionq --help` and light c
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
-from shared.cli.outputs import write_predictions_csv, write_scores_csv
+from shared.cli.outputs import check_output_dir, check_output_file, write_predictions_csv, write_scores_csv
 from shared.vocab import ScoreMethod
 
 
@@ -69,12 +70,7 @@ def cmd_train(args, settings) -> int:
     dev = read_labelled(args.dev) if args.dev else None
     result = train_classifier(settings=settings, name=args.name, data=data, dev=dev, show_progress=not args.quiet,
                               **_classifier_options(args, settings))
-    row, report = result.classifier, result.report
-    validation = {k: v for k, v in result.validation.items() if k != "patterns"}
-    print(json.dumps({"classifier": f"{row.name}@{row.version}", "labels": row.labels, "multi_label": row.multi_label,
-                      "artifact": row.artifact_uri, "chosen": report["chosen"], "validation": validation,
-                      "llm": report["llm"] or "none configured: encoder-only classifier (fast mode)",
-                      "seconds": round(result.seconds, 1)}, indent=2))
+    print(json.dumps(result.as_json(), indent=2) if args.json else result.summary())
     return 0
 
 
@@ -83,12 +79,13 @@ def cmd_layers(args, settings) -> int:
     from shared.reports import write_layer_report
     from shared.textio import read_labelled
 
+    out_dir = Path(args.out_dir or f"fusionq-layers-{Path(args.data).stem}")
+    check_output_dir(out_dir)
     data = read_labelled(args.data)
     dev = read_labelled(args.dev) if args.dev else None
     options = _classifier_options(args, settings)
     clf = AutoFusionClassifier(settings=settings, show_progress=not args.quiet, **options)
     report = clf.layer_report(data, dev)
-    out_dir = Path(args.out_dir or f"fusionq-layers-{Path(args.data).stem}")
     paths = write_layer_report(report, out_dir, data_source=data.source)
     for entry in report:
         print(entry["encoder"])
@@ -98,26 +95,36 @@ def cmd_layers(args, settings) -> int:
     return 0
 
 
+EXIT_ALL_FAILED = 3  # the job ran, but no item got a prediction (usage and input errors exit 2)
+
+
 def cmd_classify(args, settings) -> int:
     from shared.evaluation import classify_with_progress
-    from shared.textio import read_texts
+    from shared.textio import csv_header, read_texts_and_ids
 
-    texts = read_texts(args.input, column=args.text_column)
+    out = Path(args.out)
+    stats_path = out.with_suffix(".stats.json")
+    check_output_file(out)
+    check_output_file(stats_path)
+    id_column = args.id_column or ("id" if "id" in csv_header(args.input) and args.text_column != "id" else None)
+    texts, ids = read_texts_and_ids(args.input, column=args.text_column, id_column=id_column)
     with connect(settings) as client:
         job_id, results = classify_with_progress(
             client, texts, args.classifier, mode=args.mode, show_progress=not args.quiet, timeout=args.timeout,
             budget_share=args.budget_share, budget_items=args.budget_items, budget_usd=args.budget_usd)
         stats = client.stats(job_id)
-    out = Path(args.out)
-    labels = next((list(r.probabilities) for r in results if r.probabilities), [])
-    write_predictions_csv(out, results, labels)
-    stats_path = out.with_suffix(".stats.json")
+    write_predictions_csv(out, results, stats.labels, ids=(id_column, ids) if id_column else None,
+                          texts=None if args.no_text else texts)
     stats_path.write_text(stats.model_dump_json(indent=2) + "\n", encoding="utf-8")
     failed = sum(r.status == "failed" for r in results)
     print(f"wrote {len(results)} predictions to {out}" + (f" ({failed} failed: see the error column)" if failed else ""))
     tiers = ", ".join(f"{t.source}: {t.done} answered, {t.failed + t.skipped} missing" for t in stats.tiers) or "none"
     print(f"job {job_id}: {stats.n_escalated} items escalated ({tiers}), LLM cost ${stats.llm_cost_usd:.4f}, "
           f"flags {stats.flags or 'none'}; stats in {stats_path}")
+    if results and failed == len(results):
+        first = next(r.error for r in results if r.error)
+        print(f"fusionq classify: every item failed (first error: {first})", file=sys.stderr)
+        return EXIT_ALL_FAILED
     return 0
 
 
@@ -172,11 +179,12 @@ def cmd_score(args, settings) -> int:
     from shared.textio import read_texts
 
     labels = parse_labels(args.labels)
+    out = Path(args.out)
+    check_output_file(out)
     texts = read_texts(args.input, column=args.text_column)
     with connect(settings) as client:
         scores = score_texts(settings, llm=args.llm, labels=labels, multi_label=args.multi_label, texts=texts,
                              show_progress=not args.quiet, timeout=args.timeout, client=client)
-    out = Path(args.out)
     write_scores_csv(out, scores, labels.names)
     counts = {str(m): sum(s.method == m for s in scores) for m in ScoreMethod}
     print(f"wrote {len(scores)} scores to {out}: {counts}, spent ${sum(s.spent_usd for s in scores):.4f}")
@@ -215,6 +223,7 @@ def cmd_demo(args, settings) -> int:
 
     name = args.name or ("demo" if not args.data else Path(args.data).resolve().name)
     out_dir = Path(args.out_dir or f"fusionq-eval-{name}")
+    check_output_dir(out_dir)
     run_demo(settings, connect=connect, data_dir=Path(args.data) if args.data else None, name=name, out_dir=out_dir,
              max_train=args.max_train, show_progress=not args.quiet, **_classifier_options(args, settings))
     return 0

@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", required=True, help="CSV with text,label (or text,labels with |-joined names)")
     train.add_argument("--name", required=True, help="registry name; each training adds a version")
     train.add_argument("--dev", help="validation CSV (default: a stratified 15%% split of --data)")
+    train.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
     _add_encoder_options(train)
     _add_fusion_options(train)
     train.add_argument("--llm", action="append",
@@ -81,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     classify.add_argument("--in", dest="input", required=True, help="CSV with a text column")
     classify.add_argument("--out", required=True, help="predictions CSV to write")
     classify.add_argument("--text-column", default="text")
+    classify.add_argument("--id-column", help="the input's id column, copied into the predictions "
+                                               "(default: the column named id, when there is one)")
+    classify.add_argument("--no-text", action="store_true", help="leave the text out of the predictions CSV "
+                                                                  "(for big jobs)")
     classify.add_argument("--mode", default="fast", choices=list(values(Mode)),
                           help="fast: encoder only; auto: escalate unsure items up the LLM tiers; full: every LLM "
                                "tier for every item; llm: the first tier's LLM alone")

