@@ -70,7 +70,7 @@ def specs_to_dict(specs: tuple[EncoderSpec, ...] | list[EncoderSpec]) -> dict:
 
 
 def specs_from_dict(data: dict) -> tuple[EncoderSpec, ...]:
-    """Inverse of :func:`specs_to_dict`; also reads a single spec's dict (registry rows before 0.2)."""
+    """Inverse of :func:`specs_to_dict`; also reads the bare single-spec dict that registry rows held before classifiers could fuse several encoders."""
     if "encoders" in data:
         return tuple(EncoderSpec.from_dict(d) for d in data["encoders"])
     return (EncoderSpec.from_dict(data),)
