@@ -6,7 +6,7 @@ from alembic.runtime.migration import MigrationContext
 from shared.db import engine as db
 from shared.db.common import insert_ignoring_conflicts
 from shared.db.jobs import create_job, refresh_job
-from shared.service.submit import new_items
+from shared.service.submit import REFUSED_TEXT_PREFIX_CHARS, new_items
 from shared.db.models import Base, Classifier, Item, ItemFeatures, Job
 from shared.db.registry import find_classifier, parse_classifier_ref
 from shared.errors import ClassifierNotFound, IdempotencyConflict, SchemaError
@@ -68,12 +68,14 @@ def test_idempotency_key_returns_the_same_job_and_refuses_other_requests(db_sett
 def test_bad_texts_become_failed_items_and_the_rest_stay_pending(db_settings):
     with db.session_for(db_settings.effective_database_url) as session, session.begin():
         clf = _classifier(session)
-        job, _ = create_job(session=session, classifier=clf, items=new_items(["ok", "", "  ", "z" * 101], max_chars=100),
+        huge = "z" * (REFUSED_TEXT_PREFIX_CHARS + 5000)
+        job, _ = create_job(session=session, classifier=clf, items=new_items(["ok", "", "  ", huge], max_chars=100),
                             mode="fast",
                             idempotency_key=None, lease_seconds=60)
         items = session.scalars(sa.select(Item).where(Item.job_id == job.id).order_by(Item.position)).all()
         assert [i.status for i in items] == ["pending", "failed", "failed", "failed"]
-        assert "above the limit of 100" in items[3].error
+        assert items[3].error.startswith(f"text has {len(huge):,} characters, above the limit of 100")
+        assert items[3].text == huge[:REFUSED_TEXT_PREFIX_CHARS]  # a bounded prefix is stored, not the megabytes
         assert job.n_failed == 3 and job.status == "queued"
 
 
