@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import functools
 import re
+from urllib.parse import urlsplit
 from pathlib import Path
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import ConfigError
+from shared.vocab import Precision
 
 DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 # Brokers with a visibility timeout: an unacknowledged task is handed out again once it passes.
@@ -37,6 +39,7 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db. Unset: SQLite under home.")
     artifact_dir: Path | None = Field(default=None, description="Where trained classifiers are saved; must be shared by all workers. Unset: home/artifacts.")
     default_encoder: str = Field(default=DEFAULT_ENCODER, description="Hugging Face id or local path of the encoder used when training does not name one.")
+    encoder_precision: Precision = Field(default=Precision.AUTO, description="Number format of encoders a training run chooses (auto, fp32, bf16, fp16 on CUDA); auto: bf16 where the hardware runs it faster than fp32, else fp32. A trained classifier records the one it used and is served in it.")
     device: str | None = Field(default=None, description="torch device for encoders (cuda, cuda:1, cpu). Unset: CUDA when available, else CPU.")
     embed_items_per_task: int = Field(default=256, ge=1, description="Items carried by one embed task message.")
     embed_max_tokens: int = Field(default=4096, ge=64, description="Token budget of one encoder forward pass (batch size x padded length).")
@@ -66,11 +69,12 @@ class Settings(BaseSettings):
     @classmethod
     def _parse_database_url(cls, url: str | None) -> str | None:
         if url:
-            import sqlalchemy as sa
-
-            try:
-                sa.make_url(_with_driver(url))
-            except (sa.exc.ArgumentError, ValueError) as exc:
+            try:  # the shape SQLAlchemy needs: dialect[+driver]://..., a numeric port
+                parts = urlsplit(url)
+                parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+                if not re.fullmatch(r"[a-z][a-z0-9]*(\+[a-z0-9_]+)?", parts.scheme) or "://" not in url:
+                    raise ValueError("no dialect://")
+            except ValueError as exc:
                 raise ValueError(f"is not a database URL ({exc}); expected e.g. "
                                  "postgresql+psycopg://user@host:5432/dbname") from None
         return url or None

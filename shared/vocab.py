@@ -96,6 +96,15 @@ class Pooling(StrEnum):
     LAST = "last"  # the last real token (decoder LLMs)
 
 
+class Precision(StrEnum):
+    """Number format of an encoder's weights and activations (pooling is always fp32)."""
+
+    AUTO = "auto"  # resolved when the encoder is chosen: the fastest of these on the device, never slower than fp32
+    FP32 = "fp32"
+    BF16 = "bf16"  # CPUs with AMX or AVX512-BF16, and CUDA devices that support it
+    FP16 = "fp16"  # CUDA only
+
+
 # --- names carried by predictions ---------------------------------------------------------------
 
 ENCODER_SIGNAL = "encoder"  # a prediction's ``signals`` entry: the encoder features were used

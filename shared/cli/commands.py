@@ -29,7 +29,7 @@ def _classifier_options(args, settings) -> dict:
     layers = getattr(args, "layers", "auto")
     options = {"encoders": args.encoder or [settings.default_encoder],
                "layers": "auto" if layers == "auto" else parse_layers(layers),
-               "pooling": args.pooling, "max_length": args.max_length}
+               "pooling": args.pooling, "max_length": args.max_length, "precision": args.precision}
     if getattr(args, "fusion", None):
         options["fusion"] = args.fusion
     if getattr(args, "llm", None):

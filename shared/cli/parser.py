@@ -17,7 +17,7 @@ from shared.cli.commands import (
     cmd_train,
 )
 from shared.fusion.operators import OPERATORS
-from shared.vocab import FinetuneMethod, Mode, Pooling, values
+from shared.vocab import FinetuneMethod, Mode, Pooling, Precision, values
 
 
 def _add_encoder_options(parser: argparse.ArgumentParser, *, layers: bool = True) -> None:
@@ -30,6 +30,9 @@ def _add_encoder_options(parser: argparse.ArgumentParser, *, layers: bool = True
     parser.add_argument("--pooling", choices=list(values(Pooling)),
                         help="default: last for decoder LLMs, mean otherwise")
     parser.add_argument("--max-length", type=int, default=256, help="tokens per text (default 256)")
+    parser.add_argument("--precision", choices=list(values(Precision)),
+                        help="encoder number format (default FUSIONQ_ENCODER_PRECISION, auto: bf16 where the "
+                             "hardware runs it faster than fp32, else fp32; fp16 on CUDA)")
 
 
 def _add_fusion_options(parser: argparse.ArgumentParser) -> None:

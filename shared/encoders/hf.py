@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.encoders.batching import pack_by_tokens
+from shared.encoders.precision import resolve_precision, torch_dtype
 from shared.encoders.spec import EncoderSpec
 from shared.errors import EncoderError
 from shared.vocab import Pooling
@@ -105,13 +106,13 @@ class HFEncoder:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # our own bars show progress; the weight-loading bar is noise
-        self.spec = spec
         self.device = pick_device(device)
+        self.precision = resolve_precision(spec.precision, self.device)
+        self.spec = dataclasses.replace(spec, precision=self.precision)  # features say what they were made in
         path = resolve_model_path(spec.model)
         try:
             self.tokenizer = load_tokenizer(path)
-            dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-            self.model = AutoModel.from_pretrained(path, dtype=dtype).to(self.device).eval()
+            self.model = AutoModel.from_pretrained(path, dtype=torch_dtype(self.precision)).to(self.device).eval()
         except EncoderError:
             raise
         except Exception as exc:  # transformers raises OSError, ValueError, KeyError... for bad models
@@ -226,7 +227,7 @@ _CACHE_LOCK = threading.Lock()
 def get_encoder(spec: EncoderSpec, *, device: str | None = None) -> HFEncoder:
     """This process's encoder for ``spec``, loaded on first use and kept (one copy of the weights
     per process, whichever layers are read)."""
-    key = (spec.model, spec.pooling, spec.max_length, device)
+    key = (spec.model, spec.pooling, spec.max_length, spec.precision, device)
     with _CACHE_LOCK:
         if key not in _CACHE:
             _CACHE[key] = HFEncoder(spec, device=device)

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from shared.vocab import Pooling, values
-
-
+from shared.vocab import Pooling, Precision, values
 
 @dataclass(frozen=True, kw_only=True)
 class EncoderSpec:
@@ -14,13 +12,16 @@ class EncoderSpec:
 
     ``layers`` index ``hidden_states`` (0 = embeddings, -1 = last layer; several are
     concatenated). ``pooling``: ``mean`` over the attention mask, ``cls`` (first token) or
-    ``last`` (last real token; what decoder LLMs need).
+    ``last`` (last real token; what decoder LLMs need). ``precision``: ``auto`` is resolved to
+    a concrete one (:func:`shared.encoders.precision.resolve_precision`) before features are made,
+    so a trained classifier's spec says what its features were computed in, and serving uses the same.
     """
 
     model: str
     layers: tuple[int, ...] = (-1,)
     pooling: str = Pooling.MEAN
     max_length: int = 256
+    precision: str = Precision.AUTO
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -31,6 +32,8 @@ class EncoderSpec:
             raise ValueError("EncoderSpec.layers must name at least one hidden-state index")
         if self.pooling not in values(Pooling):
             raise ValueError(f"pooling {self.pooling!r} is not one of {', '.join(values(Pooling))}")
+        if self.precision not in values(Precision):
+            raise ValueError(f"precision {self.precision!r} is not one of {', '.join(values(Precision))}")
         if self.max_length < 2:
             raise ValueError("EncoderSpec.max_length must be at least 2 tokens")
 
@@ -38,7 +41,8 @@ class EncoderSpec:
     def key(self) -> str:
         """Stable identity of the features this spec produces (used to store and find them)."""
         layers = ",".join(str(x) for x in self.layers)
-        return f"{self.model}|layers={layers}|pool={self.pooling}|max={self.max_length}"
+        key = f"{self.model}|layers={layers}|pool={self.pooling}|max={self.max_length}"
+        return key if self.precision == Precision.FP32 else f"{key}|{self.precision}"  # fp32 keys predate precision
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -47,7 +51,8 @@ class EncoderSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> "EncoderSpec":
-        return cls(**{k: v for k, v in data.items() if k in ("model", "layers", "pooling", "max_length", "extra")})
+        known = {k: v for k, v in data.items() if k in ("model", "layers", "pooling", "max_length", "precision", "extra")}
+        return cls(**{"precision": Precision.FP32, **known})  # specs stored before precision existed were fp32
 
 
 def parse_layers(text: str) -> tuple[int, ...]:

@@ -11,7 +11,7 @@ from shared.fusion.escalation import EscalationTarget
 from shared.fusion.operators import OPERATORS
 from shared.fusion.training import TrainingConfig
 from shared.settings import DEFAULT_ENCODER
-from shared.vocab import Source, values
+from shared.vocab import Precision, Source, values
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,7 @@ class AutoFusionConfig:
     layers: str | tuple[int, ...] = "auto"
     pooling: str | None = None
     max_length: int = 256
+    precision: str | None = None  # None: FUSIONQ_ENCODER_PRECISION
     fusion: str = "auto"
     width: int = 256
     finetune: FinetuneConfig | None = None
@@ -50,6 +51,8 @@ class AutoFusionConfig:
             raise ConfigError(f"fusion {self.fusion!r} is not auto or one of {', '.join(OPERATORS)}")
         if isinstance(self.layers, str) and self.layers != "auto":
             raise ConfigError(f"layers {self.layers!r}: give 'auto', a layer index or a list of them")
+        if self.precision is not None and self.precision not in values(Precision):
+            raise ConfigError(f"precision {self.precision!r} is not one of {', '.join(values(Precision))}")
         if not self.encoders:
             raise ConfigError("give at least one encoder")
         tiers = [llm_tier(name)[0] for name in self.llms]

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.encoders.hf import encode_features, guess_pooling
+from shared.encoders.hf import encode_features, guess_pooling, pick_device
+from shared.encoders.precision import resolve_precision
 from shared.encoders.spec import EncoderSpec
 from shared.errors import ConfigError, InputError
 from shared.fusion.artifact import ClassifierArtifact, load_artifact, save_artifact
@@ -216,7 +217,10 @@ class AutoFusionClassifier:
             spec = encoder
         else:
             spec = EncoderSpec(model=encoder, pooling=config.pooling or guess_pooling(encoder),
-                               max_length=config.max_length)
+                               max_length=config.max_length,
+                               precision=config.precision or self.settings.encoder_precision)
+        # resolved now, so every feature of the fit, the artifact and serving share one precision
+        spec = replace(spec, precision=resolve_precision(spec.precision, pick_device(self.settings.device)))
         return spec if all_layers or config.layers == "auto" else replace(spec, layers=config.layers)
 
     def _names(self) -> list[str]:

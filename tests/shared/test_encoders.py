@@ -20,7 +20,7 @@ def test_pooling_by_mask():
 
 
 def test_bert_layers_concatenate_and_batching_does_not_change_features(tiny_bert_path):
-    encoder = HFEncoder(EncoderSpec(model=tiny_bert_path, layers=(1, -1), pooling="mean"))
+    encoder = HFEncoder(EncoderSpec(model=tiny_bert_path, layers=(1, -1), pooling="mean", precision="fp32"))
     assert encoder.dim == 64
     texts = ["a short one", "a much longer text about the league and the goal of the season", "mid length text"]
     together = encoder.encode(texts, max_tokens=4096, max_batch=8)
@@ -30,7 +30,7 @@ def test_bert_layers_concatenate_and_batching_does_not_change_features(tiny_bert
 
 
 def test_decoder_last_token_pooling_ignores_padding(tiny_decoder_path):
-    encoder = HFEncoder(EncoderSpec(model=tiny_decoder_path, layers=(-2,), pooling="last"))
+    encoder = HFEncoder(EncoderSpec(model=tiny_decoder_path, layers=(-2,), pooling="last", precision="fp32"))
     texts = ["The stock market rose", "The football league held nine teams play in the league today"]
     together = encoder.encode(texts, max_batch=8)
     alone = np.stack([encoder.encode([t])[0] for t in texts])
@@ -58,15 +58,68 @@ def test_huge_text_is_truncated_not_choked_on(tiny_bert_path):
 def test_out_of_range_layer_and_missing_model_are_clear_errors(tiny_bert_path, tmp_path):
     with pytest.raises(EncoderError, match="hidden states 0..2 .* layer 7 is out of range"):
         HFEncoder(EncoderSpec(model=tiny_bert_path, layers=(7,)))
-    with pytest.raises(EncoderError, match="cannot load encoder"):
+    with pytest.raises(EncoderError, match="no-such-model': no such directory"):
         HFEncoder(EncoderSpec(model=str(tmp_path / "no-such-model")))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EncoderError, match="cannot load encoder"):
+        HFEncoder(EncoderSpec(model=str(tmp_path / "empty")))
 
 
 def test_spec_validation_and_round_trip():
-    spec = EncoderSpec(model="m", layers=parse_layers("3,-1"), pooling="last", max_length=128)
+    spec = EncoderSpec(model="m", layers=parse_layers("3,-1"), pooling="last", max_length=128, precision="bf16")
     assert EncoderSpec.from_dict(spec.to_dict()) == spec
-    assert spec.key == "m|layers=3,-1|pool=last|max=128"
+    assert spec.key == "m|layers=3,-1|pool=last|max=128|bf16"
+    # a spec stored before precision existed was computed in fp32, and keeps its features' key
+    legacy = {"model": "m", "layers": [3, -1], "pooling": "last", "max_length": 128, "extra": {}}
+    assert EncoderSpec.from_dict(legacy).precision == "fp32"
+    assert EncoderSpec.from_dict(legacy).key == "m|layers=3,-1|pool=last|max=128"
+    with pytest.raises(ValueError, match="precision 'int4'"):
+        EncoderSpec(model="m", precision="int4")
     with pytest.raises(ValueError, match="pooling"):
         EncoderSpec(model="m", pooling="max")
     with pytest.raises(ValueError, match="comma-separated integers"):
         parse_layers("last")
+
+
+def test_precision_follows_the_hardware(monkeypatch):
+    from shared.encoders import precision
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert precision.resolve_precision("bf16", cpu) == "bf16" and precision.resolve_precision("fp32", cuda) == "fp32"
+    with pytest.raises(EncoderError, match="fp16 is for CUDA devices"):
+        precision.resolve_precision("fp16", cpu)
+    with pytest.raises(EncoderError, match="precision 'int3'"):
+        precision.resolve_precision("int3", cpu)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    assert precision.resolve_precision("auto", cpu) == "fp32"  # no native bf16: never emulated
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512f", "amx_bf16"}))
+    monkeypatch.setattr(precision, "bf16_speedup_on_cpu", lambda: 2.4)
+    assert precision.resolve_precision("auto", cpu) == "bf16"
+    monkeypatch.setattr(precision, "bf16_speedup_on_cpu", lambda: 1.02)
+    assert precision.resolve_precision("auto", cpu) == "fp32"  # the flags say yes, the measured check says no
+
+
+def test_the_measured_check_and_the_cpu_description_are_real():
+    from shared.encoders.precision import bf16_speedup_on_cpu, cpu_description
+
+    assert bf16_speedup_on_cpu() > 0
+    assert "[" in cpu_description() and "unknown CPU" not in cpu_description()
+
+
+def test_bf16_features_agree_with_fp32_and_the_spec_says_which(minilm_path):
+    """The real MiniLM in both precisions: the same meaning, the spec records the precision used."""
+    texts = ["The striker scored twice in the final.", "The central bank raised interest rates.",
+             "A new chip doubles the battery life of phones."] * 3
+    fp32 = HFEncoder(EncoderSpec(model=minilm_path, precision="fp32"))
+    bf16 = HFEncoder(EncoderSpec(model=minilm_path, precision="bf16"))
+    assert bf16.spec.precision == "bf16" and bf16.model.dtype == torch.bfloat16
+    assert fp32.spec.key != bf16.spec.key  # features of the two precisions are never mixed in the store
+    a, b = fp32.encode(texts), bf16.encode(texts)
+    assert b.dtype == np.float32
+    cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() > 0.999, cosine
+
+
+def test_auto_is_resolved_before_features_are_made(tiny_bert_path):
+    encoder = HFEncoder(EncoderSpec(model=tiny_bert_path))
+    assert encoder.spec.precision in ("fp32", "bf16") and "auto" not in encoder.spec.key

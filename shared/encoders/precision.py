@@ -1,0 +1,92 @@
+"""Which number format an encoder runs in: ``auto`` follows the hardware and is never slower than fp32.
+
+bf16 is ~2-3x faster than fp32 where the CPU multiplies bf16 natively (AMX, AVX512-BF16) and often
+slower where it does not (pytorch issue 86270), so on a CPU ``auto`` takes bf16 only when the flags
+allow it *and* a short measured check agrees. On CUDA it takes bf16 where supported, else fp16.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from pathlib import Path
+
+from shared.errors import EncoderError
+from shared.vocab import Precision
+
+BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+MIN_SPEEDUP = 1.1  # bf16 must beat fp32 by this much in the check; a tie is not worth the rounding
+
+
+def torch_dtype(precision: str):  # -> torch.dtype
+    import torch
+
+    return {Precision.FP32: torch.float32, Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16}[
+        Precision(precision)]
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags the kernel reports (empty where /proc/cpuinfo does not exist)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def cpu_description() -> str:
+    """The CPU model and the flags that decide precision, for benchmark headers and logs."""
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    relevant = sorted(f for f in cpu_flags() if f.startswith(("amx", "avx512_bf16", "avx512_vnni", "avx_vnni")))
+    return f"{model} [{' '.join(relevant) or 'no AMX/AVX512-BF16/VNNI'}]"
+
+
+@functools.cache
+def bf16_speedup_on_cpu(width: int = 384) -> float:
+    """fp32 time / bf16 time of a transformer-sized matrix product on this CPU (best of a few runs)."""
+    import torch
+
+    def best_time(dtype) -> float:
+        x = torch.randn(1024, width, dtype=dtype)
+        w = torch.randn(width, 4 * width, dtype=dtype)
+        with torch.inference_mode():
+            for _ in range(2):
+                x @ w
+            runs = []
+            for _ in range(5):
+                started = time.perf_counter()
+                x @ w
+                runs.append(time.perf_counter() - started)
+        return min(runs)
+
+    return best_time(torch.float32) / best_time(torch.bfloat16)
+
+
+def resolve_precision(requested: str, device) -> Precision:
+    """The concrete precision for ``requested`` on ``device`` (a torch.device)."""
+    try:
+        requested = Precision(requested)
+    except ValueError:
+        raise EncoderError(f"precision {requested!r} is not one of {', '.join(p.value for p in Precision)}") from None
+    if requested == Precision.FP16 and device.type == "cpu":
+        raise EncoderError("precision fp16 is for CUDA devices; on a CPU use bf16 (AMX/AVX512-BF16) or fp32")
+    if requested != Precision.AUTO:
+        return requested
+    if device.type == "cuda":
+        import torch
+
+        return Precision.BF16 if torch.cuda.is_bf16_supported() else Precision.FP16
+    if device.type == "cpu" and any(flag in cpu_flags() for flag in BF16_CPU_FLAGS):
+        return Precision.BF16 if bf16_speedup_on_cpu() >= MIN_SPEEDUP else Precision.FP32
+    return Precision.FP32
