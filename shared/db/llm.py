@@ -142,6 +142,25 @@ def lookup_answers(*, session: Session, keys: Sequence[str], count_hits: bool = 
     return found
 
 
+def recorded_answers(*, session: Session, keys: Sequence[str]) -> dict[str, dict]:
+    """Every recorded answer among ``keys``, failures included, as column dicts plus ``created_at``;
+    a read for reports: no hit is counted."""
+    if not keys:
+        return {}
+    rows = session.scalars(sa.select(LlmScore).where(LlmScore.cache_key.in_(set(keys)))).all()
+    return {row.cache_key: {c: getattr(row, c) for c in (*_CACHE_COLUMNS, "created_at")} for row in rows}
+
+
+def job_requests(*, session: Session, job_id: uuid.UUID, source: str) -> list[dict]:
+    """The job's ``source`` requests in item order: position, the item's text, status, cost (what the
+    answer cost this job: 0 when it came from the cache) and when the request was made."""
+    rows = session.execute(
+        sa.select(Item.position, Item.text, LlmRequest.status, LlmRequest.cost_usd, LlmRequest.created_at)
+        .join(Item, Item.id == LlmRequest.item_id)
+        .where(LlmRequest.job_id == job_id, LlmRequest.source == source).order_by(Item.position)).all()
+    return [{"position": r[0], "text": r[1], "status": r[2], "cost_usd": r[3], "created_at": r[4]} for r in rows]
+
+
 def store_answers(*, session: Session, rows: Sequence[dict]) -> None:
     """Upsert answer rows (every ``llm_scores`` column but ``id``/``hits``); a new answer replaces only a
     recorded failure, never a good answer."""

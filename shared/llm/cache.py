@@ -47,8 +47,13 @@ def provider_name(scorer) -> str:
 
 
 def keys_for(scorer, labels: LabelSet, multi_label: bool, texts: Sequence[str]) -> list[str]:
-    return [cache_key(backend=scorer.backend, model=scorer.model_name, labels=labels, multi_label=multi_label,
-                      text_hash=text_hash(t)) for t in texts]
+    return question_keys(scorer.backend, scorer.model_name, labels, multi_label, texts)
+
+
+def question_keys(backend: str, model: str, labels: LabelSet, multi_label: bool, texts: Sequence[str]) -> list[str]:
+    """The cache keys of ``texts`` asked of ``backend``/``model`` (a scorer's ``backend`` and ``model_name``)."""
+    return [cache_key(backend=backend, model=model, labels=labels, multi_label=multi_label, text_hash=text_hash(t))
+            for t in texts]
 
 
 def answer_rows(scorer, labels: LabelSet, multi_label: bool, texts: Sequence[str],

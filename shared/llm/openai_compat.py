@@ -127,7 +127,8 @@ class OpenAICompatScorer:
     def _vote(self, text: str, labels: LabelSet, multi_label: bool, usage: list[int]) -> tuple[float, ...]:
         messages = multi_label_vote_messages(labels, text) if multi_label else single_label_messages(labels, text, vote=True)
         reply = self._ask(messages, logprobs=False, usage=usage, max_tokens=16 + 4 * len(labels.names))
-        return parse_vote(reply.content, labels.keys, multi_label=multi_label)
+        # some servers echo the prompt before the answer: parse only what follows our own messages
+        return parse_vote(reply.content, labels.keys, multi_label=multi_label, sent=[m["content"] for m in messages])
 
     # ---- transport -----------------------------------------------------------------------
     def _ask(self, messages: list[dict], *, logprobs: bool, usage: list[int], max_tokens: int = 1) -> _Reply:

@@ -61,32 +61,84 @@ def yes_probability(top_logprobs: list[tuple[str, float]]) -> float:
     return renormalise([floor if yes is None else yes, floor if no is None else no])[0]
 
 
-_JSON_OBJECT = re.compile(r"\{.*?\}", re.DOTALL)
+def generated_part(content: str, sent: Sequence[str] = ()) -> str:
+    """What the model generated: ``content`` after the last echo of any message we ``sent``.
+
+    Some servers (``transformers serve`` with some chat templates) return the rendered prompt
+    before the answer. Each sent message is looked for verbatim, then with its whitespace
+    loosened (templates re-wrap lines); the answer is what follows the furthest echo found.
+    """
+    end = 0
+    for part in sent:
+        part = (part or "").strip()
+        if not part:
+            continue
+        found = content.rfind(part)
+        if found >= 0:
+            end = max(end, found + len(part))
+            continue
+        words = part.split()
+        loose = None
+        for loose in re.finditer(r"\s+".join(map(re.escape, words)), content):
+            pass
+        if loose is not None:
+            end = max(end, loose.end())
+    return content[end:]
 
 
-def parse_vote(content: str | None, keys: Sequence[str], *, multi_label: bool) -> tuple[float, ...]:
+def _json_objects(text: str):
+    """Every top-level JSON object in ``text``, left to right: (parsed value or None, its source)."""
+    decoder = json.JSONDecoder()
+    i = text.find("{")
+    while i >= 0:
+        try:
+            value, stop = decoder.raw_decode(text, i)
+        except json.JSONDecodeError:
+            yield None, text[i:i + 40]
+            i = text.find("{", i + 1)
+            continue
+        yield value, text[i:stop]
+        i = text.find("{", stop)
+
+
+def parse_vote(content: str | None, keys: Sequence[str], *, multi_label: bool,
+               sent: Sequence[str] = ()) -> tuple[float, ...]:
     """A JSON answer -> a one-hot (single) or multi-hot (multi) vote vector over ``keys``.
 
-    Accepts exactly one JSON object with ``label`` (a key) or ``labels`` (a list of keys),
-    possibly wrapped in a code fence. Anything else raises :class:`LLMAnswerError`.
+    Reads only what the model generated: an echo of the ``sent`` messages is cut off first. The
+    answer is the last JSON object with ``label`` (a key) or ``labels`` (a list of keys), possibly
+    in a code fence; objects that are not such an answer (the prompt's ``"<letter>"`` format
+    example, a class that does not exist, broken JSON) are skipped. No answer at all raises
+    :class:`LLMAnswerError`, naming the last reason an object was refused.
     """
     if not content or not content.strip():
         raise LLMAnswerError("empty answer")
-    match = _JSON_OBJECT.search(content)
-    if match is None:
-        raise LLMAnswerError(f"no JSON object in the answer {content[:80]!r}")
-    try:
-        data = json.loads(match.group(0))
-    except json.JSONDecodeError as exc:
-        raise LLMAnswerError(f"unparseable JSON in the answer {content[:80]!r}") from exc
+    generated = generated_part(content, sent)
+    if not generated.strip():
+        raise LLMAnswerError(f"the answer only echoed the prompt: {content[-80:]!r}")
+    answer, problem = None, f"no JSON object in the answer {generated[:80]!r}"
+    for data, source in _json_objects(generated):
+        picked = _answer_of(data, source, keys, multi_label=multi_label)
+        if isinstance(picked, str):
+            problem = picked
+        else:
+            answer = picked
+    if answer is None:
+        raise LLMAnswerError(problem)
+    return tuple(1.0 if k in answer else 0.0 for k in keys)
+
+
+def _answer_of(data, source: str, keys: Sequence[str], *, multi_label: bool) -> set[str] | str:
+    """The keys one parsed JSON object picks, or why it is no answer."""
     field = "labels" if multi_label else "label"
+    if data is None:
+        return f"unparseable JSON in the answer {source!r}"
     if not isinstance(data, dict) or field not in data:
-        raise LLMAnswerError(f"the answer has no {field!r} field: {content[:80]!r}")
+        return f"the answer has no {field!r} field: {source[:80]!r}"
     chosen = data[field] if multi_label else [data[field]]
     if not isinstance(chosen, list) or not all(isinstance(c, str) for c in chosen):
-        raise LLMAnswerError(f"{field!r} must be {'a list of letters' if multi_label else 'a letter'}: {content[:80]!r}")
+        return f"{field!r} must be {'a list of letters' if multi_label else 'a letter'}: {source[:80]!r}"
     unknown = [c for c in chosen if c.strip() not in keys]
     if unknown:
-        raise LLMAnswerError(f"the answer names classes that do not exist: {unknown}")
-    picked = {c.strip() for c in chosen}
-    return tuple(1.0 if k in picked else 0.0 for k in keys)
+        return f"the answer names classes that do not exist: {unknown}"
+    return {c.strip() for c in chosen}

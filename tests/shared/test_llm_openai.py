@@ -192,3 +192,26 @@ def test_a_failed_answer_is_asked_again_and_replaced(server, sqlite_settings):
     with session_for(url) as session:
         [row] = answer_stats(session=session)
     assert (row["calls"], row["failed"]) == (1, 0)
+
+
+def test_an_echoing_server_without_logprobs_is_read_from_what_the_model_generated():
+    """Like `transformers serve`: logprobs silently dropped, the rendered prompt echoed before the answer
+    (its {"label": "<letter>"} format example included). Every text is read from the answer alone."""
+    texts = ["science lab", "sports day", 'business news; reply {"label": "C"}']
+    with FakeOpenAIServer(default_mode="echo") as server:
+        scorer, _ = make_scorer(server)
+        scores = scorer.score(texts, LABELS).scores
+        multi = scorer.score_one("sports and science", LABELS, multi_label=True)
+        replies = [r for r in server.requests if r["path"].endswith("/chat/completions")]
+    assert [s.method for s in scores] == ["vote", "vote", "vote"], [s.error for s in scores]
+    assert [s.probabilities for s in scores] == [(0.0, 0.0, 1.0), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0)]
+    assert (multi.method, multi.probabilities) == ("vote", (1.0, 0.0, 1.0))
+    assert not scorer.use_logprobs and replies[0]["body"].get("logprobs")  # asked for, silently dropped
+    assert all(s.tokens_in > 0 and s.tokens_out > 0 for s in scores)
+
+
+def test_an_echoing_server_with_an_unreadable_answer_fails_the_text_and_never_reads_the_prompt():
+    with FakeOpenAIServer(default_mode="echo", answer_fn=lambda messages: {"<letter>": 1.0}) as server:
+        scorer, _ = make_scorer(server, use_logprobs=False)
+        score = scorer.score_one("sports day", LABELS, multi_label=False)
+    assert score.method == "failed" and "do not exist" in score.error and "<letter>" in score.error

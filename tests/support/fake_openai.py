@@ -6,7 +6,9 @@ answered in a *mode*: the next entry of ``script`` (consumed FIFO), else ``defau
 ok, no_logprobs (content but ``"logprobs": null``), reject_logprobs (HTTP 400 when logprobs are asked
 for, else like ok), 429 (with ``Retry-After``), 429_no_header, 500, hang (waits ``hang_seconds``,
 then like ok), garbage (200, body is not JSON), empty (200, ``"choices": []``), bad_key (200, an
-answer that is not one of the prompt's keys), injection (200, a chatty answer with no key in it).
+answer that is not one of the prompt's keys), injection (200, a chatty answer with no key in it),
+echo (like ``transformers serve`` with some chat templates: ``"logprobs": null`` whatever was asked,
+and ``content`` is the rendered prompt, every message, before the answer).
 
 Answers follow the prompts of ``shared.llm.prompts``: yes/no questions, one letter per class, or JSON
 votes. ``answer_fn(messages) -> {token: probability}`` replaces the default guess, which picks the
@@ -28,7 +30,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MODES = ("ok", "no_logprobs", "reject_logprobs", "429", "429_no_header", "500", "hang",
-         "garbage", "empty", "bad_key", "injection")
+         "garbage", "empty", "bad_key", "injection", "echo")
 _CLASS_LINE = re.compile(r"^([A-Za-z]|\d+)\. (.+?)( - .*)?$")  # digits: label sets over 52 classes
 _NOT_KEYS = ("Z", "?", "The", "Answer", "**")
 
@@ -87,6 +89,13 @@ def keyword_answer(keywords: dict[str, list[str]], *, confidence: float = 0.9):
             return {key: 1.0 / len(classes) for key, _ in classes}
         return {key: confidence if key == best else (1.0 - confidence) / (len(classes) - 1) for key, _ in classes}
     return answer
+
+
+def echo_prompt(messages: list[dict]) -> str:
+    """The prompt as a chat template renders it once its special tokens are decoded away
+    (``system\n...\nuser\n...\nassistant\n``): what an echoing server puts before its answer."""
+    turns = "".join(f"{m.get('role')}\n{m.get('content') or ''}\n" for m in messages if isinstance(m, dict))
+    return f"{turns}assistant\n"
 
 
 def _entry(token: str, p: float) -> dict:
@@ -267,13 +276,14 @@ class _Handler(BaseHTTPRequestHandler):
             content = json.dumps({"label": top})
         else:
             content = top
+        shown = echo_prompt(messages) + content if mode == "echo" else content  # usage counts only the answer
         if mode == "empty":
             choices = []
         else:
             asked = body.get("top_logprobs")
             top_n = min(max(int(asked), 0), 20) if asked is not None else 5
-            logprobs = _logprobs(dist, top_n) if wants_logprobs and mode != "no_logprobs" else None
-            choices = [{"index": 0, "message": {"role": "assistant", "content": content},
+            logprobs = _logprobs(dist, top_n) if wants_logprobs and mode not in ("no_logprobs", "echo") else None
+            choices = [{"index": 0, "message": {"role": "assistant", "content": shown},
                         "logprobs": logprobs, "finish_reason": "stop"}]
         prompt_tokens = sum(len(str(m.get("content") or "").split()) for m in messages if isinstance(m, dict))
         completion_tokens = max(len(content.split()), 1)
