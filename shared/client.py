@@ -22,7 +22,8 @@ from sqlalchemy.exc import OperationalError
 
 from shared.db.engine import ensure_schema, session_for
 from shared.db.items import job_result_rows
-from shared.db.jobs import flag_counts, get_job
+from shared.db.jobs import as_job_id, flag_counts, get_job
+from shared.db.notify import JobListener
 from shared.db.llm import llm_usage_by_source
 from shared.db.models import Classifier
 from shared.dispatch import Dispatcher
@@ -34,6 +35,11 @@ from shared.service.policy import Budget, check_mode
 from shared.service.submit import store_job
 from shared.settings import Settings, get_settings
 from shared.vocab import Mode, Source
+
+
+# Without progress callbacks, how often a waiting client looks at the job anyway (a NOTIFY lost with
+# its connection costs at most this).
+SAFETY_LOOK_SECONDS = 2.0
 
 
 def _text_list(texts) -> list[str]:
@@ -164,26 +170,35 @@ class FusionqClient:
 
     def wait(self, job_id: uuid.UUID | str, *, timeout: float | None = None, poll: float = 0.1,
              on_progress: Callable[[JobProgress], None] | None = None) -> JobProgress:
-        """Block until the job completes; ``on_progress`` sees each poll. Raises :class:`JobTimeout`."""
+        """Block until the job completes; ``on_progress`` sees the job every ``poll`` seconds.
+
+        On Postgres the completing worker's NOTIFY wakes this at once (no polling for the end);
+        without ``on_progress`` it still looks every few seconds, in case a notification was lost
+        with its connection. Raises :class:`JobTimeout`.
+        """
+        job_id = as_job_id(job_id)
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            try:
-                progress = self.progress(job_id)
-            except OperationalError:  # the database is restarting: the workers ride it out, so does the caller
-                if deadline is not None and time.monotonic() > deadline:
-                    raise
-                time.sleep(1.0)
-                continue
-            if on_progress:
-                on_progress(progress)
-            if progress.finished:
-                return progress
-            if deadline is not None and time.monotonic() > deadline:
-                raise JobTimeout(
-                    f"job {job_id} not finished after {timeout:.0f}s ({progress.n_terminal}/{progress.n_items} items); "
-                    "are workers running for the embed and fusion queues?"
-                )
-            time.sleep(poll)
+        look_every = poll if on_progress or not self._url.startswith("postgresql") else SAFETY_LOOK_SECONDS
+        with JobListener(self._url, job_id) as listener:  # subscribed before the first look: nothing slips between
+            while True:
+                try:
+                    progress = self.progress(job_id)
+                except OperationalError:  # the database is restarting: the workers ride it out, so does the caller
+                    if deadline is not None and time.monotonic() > deadline:
+                        raise
+                    time.sleep(1.0)
+                    continue
+                if on_progress:
+                    on_progress(progress)
+                if progress.finished:
+                    return progress
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise JobTimeout(
+                        f"job {job_id} not finished after {timeout:.0f}s ({progress.n_terminal}/{progress.n_items} "
+                        "items); are workers running for the embed and fusion queues?"
+                    )
+                listener.wait(look_every if left is None else min(look_every, left))
 
     def results(self, job_id: uuid.UUID | str) -> list[ItemResult]:
         """One result per submitted text, in submission order."""

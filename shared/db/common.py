@@ -30,7 +30,8 @@ def insert_ignoring_conflicts(session: Session, model: type, rows: Sequence[dict
 
 @dataclass(frozen=True)
 class ClaimedItem:
-    """An item a stage now holds (its lease renewed, an attempt counted): id and text."""
+    """An item a stage now holds (its lease renewed, an attempt counted): id, text and its own mode."""
 
     id: int
     text: str
+    mode: str | None = None  # None: the job's

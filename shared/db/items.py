@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 
 import sqlalchemy as sa
@@ -33,12 +34,12 @@ def pending_item_batches(*, session: Session, job_id: uuid.UUID, items_per_batch
 def claim_pending(*, session: Session, item_ids: Sequence[int], lease_seconds: int) -> list[ClaimedItem]:
     """The still-pending items among ``item_ids``, with an attempt counted; others are already done."""
     rows = session.execute(
-        sa.select(Item.id, Item.text).where(Item.id.in_(item_ids), Item.status == ItemStatus.PENDING)
+        sa.select(Item.id, Item.text, Item.mode).where(Item.id.in_(item_ids), Item.status == ItemStatus.PENDING)
     ).all()
     if rows:
         session.execute(sa.update(Item).where(Item.id.in_([r.id for r in rows])).values(
             attempts=Item.attempts + 1, lease_until=utcnow() + dt.timedelta(seconds=lease_seconds), updated_at=utcnow()))
-    return [ClaimedItem(id=r.id, text=r.text) for r in rows]
+    return [ClaimedItem(id=r.id, text=r.text, mode=r.mode) for r in rows]
 
 
 def store_features(*, session: Session, encoder_key: str, vectors: dict[int, bytes], dim: int,
@@ -54,22 +55,35 @@ def store_features(*, session: Session, encoder_key: str, vectors: dict[int, byt
                             lease_until=now + dt.timedelta(seconds=lease_seconds)))
 
 
-def mark_failed(*, session: Session, errors: dict[int, str]) -> None:
-    """Record a final failure for items that are not already finished (one executemany)."""
-    if not errors:
-        return
-    still_open = sa.or_(*(Item.status == status for status in OPEN_ITEM_STATUSES))  # executemany cannot expand IN
-    statement = (sa.update(Item).where(Item.id == sa.bindparam("b_id"), still_open)
-                 .values(status=ItemStatus.FAILED, error=sa.bindparam("b_error"), updated_at=utcnow()))
-    session.connection().execute(statement, [{"b_id": i, "b_error": e[:4000]} for i, e in errors.items()])
+def mark_failed(*, session: Session, errors: dict[int, str]) -> Counter[uuid.UUID]:
+    """Record a final failure for items that are not already finished; how many failed now, per job.
+
+    One UPDATE per distinct message (a batch's failures usually share one)."""
+    failed: Counter[uuid.UUID] = Counter()
+    by_message: dict[str, list[int]] = {}
+    for item_id, message in errors.items():
+        by_message.setdefault(message[:4000], []).append(item_id)
+    for message, ids in by_message.items():
+        moved = session.execute(
+            sa.update(Item).where(Item.id.in_(ids), Item.status.in_(OPEN_ITEM_STATUSES))
+            .values(status=ItemStatus.FAILED, error=message, updated_at=utcnow()).returning(Item.job_id),
+            execution_options={"synchronize_session": False})
+        failed.update(job_id for (job_id,) in moved)
+    return failed
 
 
-def store_predictions(*, session: Session, rows: Sequence[dict]) -> None:
-    """Upsert final predictions (one per item, unique) and mark their items done."""
+def store_predictions(*, session: Session, rows: Sequence[dict],
+                      from_statuses: Sequence[str] = WAITING_FOR_AGGREGATOR) -> int:
+    """Upsert final predictions (one per item, unique) and mark their items done; how many became done now.
+
+    ``from_statuses``: where the items may come from (the embed stage finishes fast items straight
+    from pending)."""
     insert_ignoring_conflicts(session, Prediction, rows, keys=("item_id",))
-    session.execute(sa.update(Item).where(Item.id.in_([r["item_id"] for r in rows]),
-                                          Item.status.in_(WAITING_FOR_AGGREGATOR))
-                    .values(status=ItemStatus.DONE, updated_at=utcnow()))
+    moved = session.execute(sa.update(Item).where(Item.id.in_([r["item_id"] for r in rows]),
+                                                  Item.status.in_(from_statuses))
+                            .values(status=ItemStatus.DONE, updated_at=utcnow()).returning(Item.id),
+                            execution_options={"synchronize_session": False})
+    return len(moved.all())
 
 
 def job_result_rows(*, session: Session, job_id: uuid.UUID) -> list[tuple[Item, Prediction | None]]:

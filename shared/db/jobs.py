@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from shared.db.llm import request_row
+from shared.db.notify import notify_job_finished
 from shared.db.models import Classifier, Item, Job, LlmRequest, Prediction, utcnow
 from shared.errors import IdempotencyConflict, JobNotFound
 from shared.vocab import OPEN_ITEM_STATUSES, ItemStatus, JobStatus, Mode, RequestReason
@@ -143,25 +144,46 @@ def lock_job(*, session: Session, job_id: uuid.UUID) -> Job:
     return job
 
 
-def refresh_job(*, session: Session, job_id: uuid.UUID) -> Job:
-    """Recount the job's items under a row lock and complete it when every item is finished.
+def count_finished(*, session: Session, job_id: uuid.UUID, done: int = 0, failed: int = 0) -> Job:
+    """Add items that just finished to the job's counters and complete the job when none is left.
 
-    The lock serialises concurrent aggregators of one job, so the last one always sees every
-    committed item and the job cannot stay open forever.
+    O(batch), never a recount: callers pass only the items their transaction moved to done or
+    failed (the moves are guarded by status, so a re-run moves and adds nothing). The increment
+    is one atomic UPDATE, which also takes the job's row lock until commit.
+    """
+    if done or failed:
+        session.execute(sa.update(Job).where(Job.id == job_id)
+                        .values(n_done=Job.n_done + done, n_failed=Job.n_failed + failed),
+                        execution_options={"synchronize_session": False})
+    job = lock_job(session=session, job_id=job_id)
+    _advance(session, job)
+    return job
+
+
+def refresh_job(*, session: Session, job_id: uuid.UUID) -> Job:
+    """Recount the job's items under its row lock and complete it when every item is finished.
+
+    The sweeper's safety net (a job whose last aggregator never ran); the stages count with
+    :func:`count_finished` instead.
     """
     job = lock_job(session=session, job_id=job_id)
     counts = dict(session.execute(
         sa.select(Item.status, sa.func.count()).where(Item.job_id == job_id).group_by(Item.status)
     ).all())
     job.n_done, job.n_failed = counts.get(ItemStatus.DONE, 0), counts.get(ItemStatus.FAILED, 0)
+    _advance(session, job)
+    return job
+
+
+def _advance(session: Session, job: Job) -> None:
     now = utcnow()
     job.updated_at = now
-    if job.n_done + job.n_failed == job.n_items:
+    if job.n_done + job.n_failed >= job.n_items:
         if job.status != JobStatus.COMPLETED:
             job.status, job.finished_at = JobStatus.COMPLETED, now
+            notify_job_finished(session, job.id)
     elif job.status == JobStatus.QUEUED:
         job.status = JobStatus.RUNNING
-    return job
 
 
 def flag_counts(*, session: Session, job_id: uuid.UUID) -> dict[str, int]:

@@ -15,7 +15,7 @@ import numpy as np
 from shared.db.aggregation import AggregationInput, load_aggregation_inputs
 from shared.db.engine import session_for
 from shared.db.items import mark_failed, store_predictions
-from shared.db.jobs import job_with_classifier, lock_job, refresh_job
+from shared.db.jobs import count_finished, job_with_classifier, lock_job
 from shared.db.llm import add_requests, llm_usage_by_source, request_row
 from shared.db.models import Classifier, Job, utcnow
 from shared.encoders.spec import features_key, specs_from_dict
@@ -28,6 +28,7 @@ from shared.service.policy import Budget, BudgetLedger, Tier, plan_escalation
 from shared.settings import Settings
 from shared.vocab import (
     ENCODER_SIGNAL,
+    ItemStatus,
     Mode,
     RequestReason,
     RequestStatus,
@@ -43,6 +44,7 @@ class AggregateOutcome:
     """What one aggregator run did: predictions written, and items to send up a tier (source -> ids)."""
 
     written: int = 0
+    failed: int = 0
     escalate: dict[str, list[int]] = field(default_factory=dict)
 
 
@@ -54,7 +56,7 @@ def fusion_stage(settings: Settings, *, job_id: str, item_ids: list[int]) -> Agg
         job, classifier = job_with_classifier(session=session, job_id=job_id)
         lock_job(session=session, job_id=job.id)  # refreshes ``job`` in place
         outcome = _aggregate(settings, session, job, classifier, item_ids)
-        refresh_job(session=session, job_id=job.id)
+        count_finished(session=session, job_id=job.id, done=outcome.written, failed=outcome.failed)
     return outcome
 
 
@@ -65,12 +67,13 @@ def _aggregate(settings: Settings, session, job: Job, classifier: Classifier | N
     llm_alone = [i for i in ready if modes[i.item_id] == Mode.LLM]
     fused = [i for i in ready if modes[i.item_id] != Mode.LLM and i.vector is not None]
     outcome = AggregateOutcome()
-    rows = _llm_alone_rows(session, job, classifier, llm_alone)
+    rows, failed = _llm_alone_rows(session, job, classifier, llm_alone)
+    outcome.failed += failed
     if fused:
         try:
             artifact = get_artifact(classifier.artifact_uri, classifier.artifact_sha256)
         except ArtifactError as exc:
-            mark_failed(session=session, errors={i.item_id: str(exc) for i in fused})
+            outcome.failed += sum(mark_failed(session=session, errors={i.item_id: str(exc) for i in fused}).values())
             fused = []
     if fused:
         decision = _fuse(artifact, fused)
@@ -93,9 +96,22 @@ def _aggregate(settings: Settings, session, job: Job, classifier: Classifier | N
                 [(item.item_id, item.job_created_at) for _, item, _ in keep],
                 [_signals(item) for _, item, _ in keep], [flags for _, _, flags in keep])
     if rows:
-        store_predictions(session=session, rows=rows)
-    outcome.written = len(rows)
+        outcome.written = store_predictions(session=session, rows=rows)
     return outcome
+
+
+def finish_fast_items(session, job: Job, artifact: ClassifierArtifact, features: np.ndarray,
+                      item_ids: list[int]) -> int:
+    """Predictions for fast-mode items straight from their features, in the embed stage's transaction:
+    no LLM signal can join them, so the aggregator's hop would only add a message and a commit.
+    Returns how many items this finished (and counts them on the job)."""
+    if not item_ids:
+        return 0
+    rows = _prediction_rows(artifact.decide(features), artifact.labels, [(i, job.created_at) for i in item_ids],
+                            [[ENCODER_SIGNAL] for _ in item_ids], [[] for _ in item_ids])
+    done = store_predictions(session=session, rows=rows, from_statuses=(ItemStatus.PENDING,))
+    count_finished(session=session, job_id=job.id, done=done)
+    return done
 
 
 def _fuse(artifact: ClassifierArtifact, items: list[AggregationInput]) -> Decision:
@@ -190,21 +206,22 @@ def _unavailable_sources(settings: Settings, tiers: list[Tier]) -> dict[str, str
     return down
 
 
-def _llm_alone_rows(session, job: Job, classifier: Classifier | None, items: list[AggregationInput]) -> list[dict]:
-    """Prediction rows of items answered by the LLM alone (mode ``llm``): its own probabilities."""
+def _llm_alone_rows(session, job: Job, classifier: Classifier | None,
+                    items: list[AggregationInput]) -> tuple[list[dict], int]:
+    """Prediction rows of items answered by the LLM alone (mode ``llm``): its own probabilities;
+    and how many such items failed now, having no answer."""
     if not items:
-        return []
+        return [], 0
     labels, multi_label = job_label_set(job, classifier)
     answered = [(i, r) for i in items for r in i.requests.values() if r.status == RequestStatus.DONE]
     failed = {i.item_id: next((r.error for r in i.requests.values()), None) or "no LLM answer" for i in items
               if not any(r.status == RequestStatus.DONE for r in i.requests.values())}
-    if failed:
-        mark_failed(session=session, errors=failed)
+    n_failed = sum(mark_failed(session=session, errors=failed).values()) if failed else 0
     if not answered:
-        return []
+        return [], n_failed
     decision = decide_from_probabilities(np.array([r.scores for _, r in answered], dtype=np.float64), multi_label=multi_label)
     return _prediction_rows(decision, labels.names, [(i.item_id, i.job_created_at) for i, _ in answered],
-                            [[llm_signal(r.source, r.method)] for _, r in answered], [[] for _ in answered])
+                            [[llm_signal(r.source, r.method)] for _, r in answered], [[] for _ in answered]), n_failed
 
 
 def _prediction_rows(decision, label_names, items: list[tuple[int, dt.datetime]], signals: list[list[str]],

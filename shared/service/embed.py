@@ -9,19 +9,23 @@ import numpy as np
 
 from shared.db.engine import session_for
 from shared.db.items import mark_failed, store_features
-from shared.db.jobs import refresh_job
+from shared.db.jobs import count_finished
 from shared.encoders.hf import encode_features
 from shared.encoders.spec import features_key, specs_from_dict
-from shared.errors import EncoderError
+from shared.errors import ArtifactError, EncoderError
+from shared.fusion.artifact import get_artifact
+from shared.service.aggregate import finish_fast_items
 from shared.service.claims import claim
 from shared.settings import Settings
+from shared.vocab import Mode
 
 log = logging.getLogger(__name__)
 
 
 def embed_stage(settings: Settings, *, job_id: str, item_ids: list[int]) -> list[int]:
-    """Encode the pending items among ``item_ids``; returns the ids that now have features."""
-    _, classifier, claimed = claim(settings, job_id, item_ids)
+    """Encode the pending items among ``item_ids``; fast-mode items are finished here, the others
+    get their features stored. Returns the ids the aggregator must now fuse."""
+    job, classifier, claimed = claim(settings, job_id, item_ids)
     if not claimed:
         return []
     specs = specs_from_dict(classifier.encoder_spec)
@@ -29,15 +33,29 @@ def embed_stage(settings: Settings, *, job_id: str, item_ids: list[int]) -> list
         vectors, errors = _encode_isolating_failures(specs, claimed, settings)
     except EncoderError as exc:  # the encoder itself cannot load: retrying the same message cannot help
         vectors, errors = {}, {item.id: str(exc) for item in claimed}
+    fast = [item.id for item in claimed if item.id in vectors and (item.mode or job.mode) == Mode.FAST]
+    artifact = _artifact_or_none(classifier) if fast else None
+    if artifact is None:
+        fast = []  # the aggregator reports an unreadable artifact on each item
     with session_for(settings.effective_database_url) as session, session.begin():
+        if fast:
+            features = np.stack([np.frombuffer(vectors.pop(i), dtype=np.float32) for i in fast])
+            finish_fast_items(session, job, artifact, features, fast)
         if vectors:
             dim = len(next(iter(vectors.values()))) // np.dtype(np.float32).itemsize
             store_features(session=session, encoder_key=features_key(specs), vectors=vectors, dim=dim,
                            lease_seconds=settings.item_lease_seconds)
         if errors:
-            mark_failed(session=session, errors=errors)
-            refresh_job(session=session, job_id=uuid.UUID(job_id))
+            failed = mark_failed(session=session, errors=errors)
+            count_finished(session=session, job_id=uuid.UUID(job_id), failed=sum(failed.values()))
     return sorted(vectors)
+
+
+def _artifact_or_none(classifier):
+    try:
+        return get_artifact(classifier.artifact_uri, classifier.artifact_sha256)
+    except ArtifactError:
+        return None
 
 
 def _encode_isolating_failures(specs, claimed, settings: Settings) -> tuple[dict[int, bytes], dict[int, str]]:

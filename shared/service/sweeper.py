@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.orm import Session
 
 from shared.db.items import mark_failed
-from shared.db.jobs import jobs_ready_to_complete, refresh_job
+from shared.db.jobs import count_finished, jobs_ready_to_complete, refresh_job
 from shared.db.leases import expired_items, expired_requests, fail_requests, renew_items, renew_requests
 from shared.db.models import utcnow
 from shared.dispatch import chunks
@@ -64,7 +64,7 @@ def _sweep_pending(session, settings, now, lease, limit, result: SweepResult) ->
     rows = expired_items(session=session, statuses=(ItemStatus.PENDING,), now=now, limit=limit)
     dead = {r.id: _dead_letter_error(r.attempts, "embed") for r in rows if r.attempts >= settings.max_attempts}
     if dead:
-        mark_failed(session=session, errors=dead)
+        _dead_letter(session, dead, result)
         result.dead_items += len(dead)
     again = [r for r in rows if r.id not in dead]
     renew_items(session=session, item_ids=[r.id for r in again], lease=lease)
@@ -93,11 +93,18 @@ def _sweep_unfused(session, settings, now, lease, limit, result: SweepResult) ->
                          without_queued_request=True)
     dead = {r.id: _dead_letter_error(r.resends, "fusion") for r in rows if r.resends >= settings.max_attempts}
     if dead:
-        mark_failed(session=session, errors=dead)
+        _dead_letter(session, dead, result)
         result.dead_items += len(dead)
     again = [r for r in rows if r.id not in dead]
     renew_items(session=session, item_ids=[r.id for r in again], lease=lease, count_resend=True)
     result.fuse += _batches(again, FUSE_ITEMS_PER_TASK)
+
+
+def _dead_letter(session, errors: dict[int, str], result: SweepResult) -> None:
+    """Fail the items for good and count them on their jobs (completing those that had nothing else left)."""
+    for job_id, failed in mark_failed(session=session, errors=errors).items():
+        if count_finished(session=session, job_id=job_id, failed=failed).status == JobStatus.COMPLETED:
+            result.jobs_completed += 1
 
 
 def _complete_finished_jobs(session, result: SweepResult) -> None:

@@ -1,5 +1,6 @@
 """The two stages of the fast path, run directly (no Celery): idempotent and failure-isolating."""
 
+import pytest
 import sqlalchemy as sa
 
 from shared.db.engine import session_for
@@ -25,10 +26,10 @@ def test_running_each_stage_twice_gives_exactly_one_prediction_per_item(db_setti
     train_topics(db_settings, tiny_bert_path)
     texts, _ = make_topic_texts(5, seed=9)
     job_id, ids = _submit(db_settings, texts)
-    # When every stage runs twice, as after a redelivered message
-    assert embed_stage(db_settings, job_id=job_id, item_ids=ids) == ids
+    # When every stage runs twice, as after a redelivered message (fast items are finished by the
+    # embed stage itself: nothing is left for the aggregator)
     assert embed_stage(db_settings, job_id=job_id, item_ids=ids) == []
-    assert fusion_stage(db_settings, job_id=job_id, item_ids=ids).written == len(ids)
+    assert embed_stage(db_settings, job_id=job_id, item_ids=ids) == []
     assert fusion_stage(db_settings, job_id=job_id, item_ids=ids).written == 0
     # Then each item has one prediction and the job is complete
     with session_for(db_settings.effective_database_url) as session:
@@ -61,5 +62,24 @@ def test_an_encoder_that_cannot_load_fails_items_instead_of_looping(sqlite_setti
     assert embed_stage(sqlite_settings, job_id=job_id, item_ids=ids) == []
     with session_for(sqlite_settings.effective_database_url) as session:
         errors = session.scalars(sa.select(Item.error)).all()
-        assert all("cannot load encoder '/nowhere/encoder'" in e for e in errors)
+        assert all("model '/nowhere/encoder': no such directory" in e for e in errors)
         assert session.scalars(sa.select(Job)).one().status == "completed"
+
+
+def test_the_embed_stage_finishes_fast_items_as_the_classifier_would(db_settings, tiny_bert_path):
+    from shared.db.models import ItemFeatures
+    from shared.service.autofusion import AutoFusionClassifier
+
+    train_topics(db_settings, tiny_bert_path)
+    texts, _ = make_topic_texts(3, seed=5)
+    job_id, ids = _submit(db_settings, texts)
+    assert embed_stage(db_settings, job_id=job_id, item_ids=ids) == []
+    with session_for(db_settings.effective_database_url) as session:
+        stored = {p.item_id: p for p in session.scalars(sa.select(Prediction))}
+        assert session.scalar(sa.select(sa.func.count()).select_from(ItemFeatures)) == 0  # a final answer needs none
+        job = session.scalars(sa.select(Job)).one()
+    assert (job.status, job.n_done) == ("completed", len(ids))
+    expected = AutoFusionClassifier.from_registry("topics", settings=db_settings).predict_proba(texts)
+    for row, item_id in enumerate(ids):
+        assert stored[item_id].probabilities == pytest.approx(expected[row].tolist(), abs=2e-6)
+        assert stored[item_id].signals == ["encoder"] and stored[item_id].latency_ms > 0
