@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from shared.llm.hf import HFScorer
 from shared.llm.prompts import LabelSet
@@ -30,6 +31,17 @@ def test_shared_prefix_equals_the_naive_computation(tiny_causal_lm_path):
 
 def test_multi_token_answers_are_scored_exactly(tiny_causal_lm_path):
     scorer = HFScorer(tiny_causal_lm_path)
+    import torch
+
     context = scorer._ids("The stock market")
-    whole = scorer._sequence_logprob(context, scorer._ids(" rose sharply"))
-    assert np.isfinite(whole) and whole < 0
+    answer = scorer._ids(" rose sharply")
+    assert len(answer) > 1  # really a multi-token answer
+    whole = scorer._sequence_logprob(context, answer)
+    # The chain rule, one forward pass per answer token: log P(a1 | c) + log P(a2 | c, a1) + ...
+    expected = 0.0
+    for k, token in enumerate(answer):
+        with torch.inference_mode():
+            logits = scorer.model(input_ids=torch.tensor([context + answer[:k]], device=scorer.device)).logits
+        expected += float(torch.log_softmax(logits[0, -1].float(), dim=-1)[token])
+    assert whole == pytest.approx(expected, abs=1e-4)
+    assert whole < 0

@@ -67,13 +67,23 @@ def test_a_provider_rejecting_logprobs_falls_back_to_votes():
     assert [s.probabilities for s in scores] == [(0.0, 0.0, 1.0), (1.0, 0.0, 0.0)]
 
 
-def test_429_honours_retry_after_and_5xx_backs_off(server):
+def test_429_honours_retry_after_and_5xx_backs_off(server, monkeypatch):
+    import random
+
+    bounds: list[tuple[float, float]] = []
+
+    def top_of_range(low: float, high: float) -> float:  # the jitter's draw, fixed at the top of its range
+        bounds.append((low, high))
+        return high
+
+    monkeypatch.setattr(random, "uniform", top_of_range)
     server.set_script(["429", "500", "429_no_header"])
     scorer, sleeps = make_scorer(server)
     score = scorer.score_one("sports", LABELS, multi_label=False)
     assert score.method == "logprobs" and chat_calls(server) == 4
-    assert sleeps[0] == 2.0  # Retry-After from the server
-    assert 0 <= sleeps[1] <= 1.0 and 0 <= sleeps[2] <= 2.0  # jittered exponential backoff
+    # Retry-After (2 s) from the server, then full jitter over [0, 0.5 * 2**attempt] for attempts 1 and 2
+    assert sleeps == [2.0, 1.0, 2.0]
+    assert bounds == [(0, 1.0), (0, 2.0)]  # no draw for the 429 that named its own delay
 
 
 def test_persistent_failures_are_recorded_on_the_text_never_raised():

@@ -13,7 +13,7 @@ from shared.db.models import Item, LlmScore, Prediction
 from shared.llm.prompts import LabelSet
 from shared.settings import Settings
 from tests.conftest import TOPIC_WORDS, make_topic_texts
-from tests.support.fake_openai import FakeOpenAIServer
+from tests.support.fake_openai import FakeOpenAIServer, keyword_answer
 from workers.launch import start_worker, stop_worker
 
 pytestmark = pytest.mark.e2e
@@ -22,7 +22,8 @@ RATE = 20
 
 @pytest.fixture
 def llm_server():
-    with FakeOpenAIServer() as server:
+    """Answers 0.9 on the topic whose keywords the text holds (every topic text holds three of its own)."""
+    with FakeOpenAIServer(answer_fn=keyword_answer(TOPIC_WORDS)) as server:
         yield server
 
 
@@ -63,10 +64,14 @@ def test_local_and_api_workers_score_everything_once_under_a_shared_rate_limit(s
         local_results = client.results(local_job)
     assert (local_progress.n_done, local_progress.n_failed) == (180, 0)
     assert (api_progress.n_done, api_progress.n_failed) == (119, 1)
-    # The fake LLM picks the class whose name the text contains; topic texts never do, so check
-    # the plumbing instead: every result is the LLM's distribution, marked as logprobs.
-    assert all(r.signals == ["llm:local:logprobs"] and len(r.labels) == 1 for r in local_results)
-    assert len(true_local) == 180
+    # Every result is the LLM's own distribution, marked as logprobs, in submission order: the topic the
+    # text was made from at 0.9, the other two at 0.05 each (what keyword_answer is programmed to say).
+    assert all(r.signals == ["llm:local:logprobs"] for r in local_results)
+    assert [r.position for r in local_results] == list(range(180))
+    assert [r.labels for r in local_results] == [[label] for label in true_local]
+    for result, label in zip(local_results, true_local):
+        expected = {name: 0.9 if name == label else 0.05 for name in labels.names}
+        assert result.probabilities == pytest.approx(expected) and result.confidence == pytest.approx(0.9)
 
     with session_for(settings.effective_database_url) as session:
         per_item = session.execute(sa.select(Item.id, sa.func.count(Prediction.id))

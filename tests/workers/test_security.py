@@ -75,11 +75,24 @@ def test_secrets_never_reach_the_logs(tmp_path, postgres_url, redis_url):
                 job = client.submit_llm(["the striker scored", "shares fell", "a telescope"],
                                         LabelSet(("sports", "business", "science")), source="api")
                 client.wait(job, timeout=120)
+                results = client.results(job)
         finally:
             for worker in workers:
                 stop_worker(worker)
         sent = [r for r in llm.requests if r["path"].endswith("/chat/completions")]
     assert sent, "the LLM was never called"
     logs = "\n".join(p.read_text() for p in (tmp_path / "logs").glob("*.log"))
-    assert "ERROR" in logs or "WARNING" in logs or "500" in logs  # the failures were logged...
+    # The script played out: two 500s (the first text, retried once), a 200 that is not JSON (the second
+    # text), then a good answer (the third); four calls in all.
+    assert [r["mode"] for r in sent] == ["500", "500", "garbage", "ok"]
+    assert sorted(r.status for r in results) == ["done", "failed", "failed"]
+    errors = sorted(r.error for r in results if r.error)
+    scorer = f"api-model@{llm.base_url}/api-model"  # the provider (its spec name) and the model
+    url = f"{llm.base_url}/chat/completions"
+    assert errors == [f"{scorer}: {url} answered 200 with a body that is not JSON: 'this is not json {{'",
+                      f"{scorer}: {url} failed with 500: The server had an error"]
+    # The worker logged each failing call, with its URL...
+    failing_call = f'HTTP Request: POST {url} "HTTP/1.0 500 Internal Server Error"'
+    assert logs.count(failing_call) == 2
     assert api_key not in logs and db_password not in logs  # ...without the secrets
+    assert all(api_key not in e and db_password not in e for e in errors)  # nor do the stored errors carry them
