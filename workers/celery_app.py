@@ -26,6 +26,9 @@ TASK_ROUTES = {
 }
 
 
+EMBEDDED_POLL_SECONDS = 0.01
+
+
 def create_app(settings: Settings) -> Celery:
     """A Celery app configured from ``settings``, with every fusionq task defined on it."""
     app = Celery("fusionq", broker=settings.effective_broker_url, set_as_current=False)
@@ -49,7 +52,10 @@ def create_app(settings: Settings) -> Celery:
         # Hard limit well under the visibility timeout, so Redis never redelivers a running task.
         task_time_limit=settings.task_time_limit,
         task_soft_time_limit=int(settings.task_time_limit * 0.9),
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout,
+                                  # the in-memory broker is polled (1 s by default): that idled the embedded
+                                  # worker between messages; a poll of an in-process dict costs nothing
+                                  **({"polling_interval": EMBEDDED_POLL_SECONDS} if settings.embedded else {})},
         broker_connection_retry_on_startup=True,
         worker_send_task_events=True,
         task_send_sent_event=True,

@@ -21,5 +21,6 @@ def register_llm_task(app: Celery, *, settings, source: str) -> None:
         answered = llm_stage(settings, job_id=job_id, item_ids=item_ids, source=source)
         if answered:
             self.app.send_task(str(TaskName.FUSE), args=[job_id, answered])
-        log.info("job %s: %s LLM answered %d of %d items", job_id, source, len(answered), len(item_ids))
+        log.info("job %s: %s LLM handled %d of %d items (failures are logged by the stage)", job_id, source,
+                 len(answered), len(item_ids))
         return len(answered)

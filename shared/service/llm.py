@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from shared.db.engine import session_for
 from shared.db.llm import SqlAnswerCache, store_request_results
 from shared.errors import ConfigError, ScorerError
@@ -10,6 +12,8 @@ from shared.llm.result import TextScore
 from shared.llm.sources import get_scorer, source_spec
 from shared.service.claims import claim, job_label_set
 from shared.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def llm_stage(settings: Settings, *, job_id: str, item_ids: list[int], source: str) -> list[int]:
@@ -32,4 +36,8 @@ def llm_stage(settings: Settings, *, job_id: str, item_ids: list[int], source: s
         scores = [TextScore.failed(str(exc))] * len(claimed)
     with session_for(url) as session, session.begin():
         store_request_results(session=session, source=source, results={c.id: s for c, s in zip(claimed, scores)})
+    failed = [s for s in scores if s.error]
+    if failed:  # the items finish without this signal, flagged; the operator should see why
+        log.warning("job %s: %s LLM failed on %d of %d items (first error: %s)", job_id, source, len(failed),
+                    len(scores), failed[0].error)
     return [c.id for c in claimed]

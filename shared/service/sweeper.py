@@ -79,6 +79,8 @@ def _sweep_requests(session, settings, now, lease, limit, result: SweepResult) -
     fail_requests(session=session, errors={r.id: _dead_letter_error(r.attempts, f"llm_{r.source}") for r in dead},
                   now=now)
     result.dead_requests += len(dead)
+    # their items go to the aggregator now, leased again so that _sweep_unfused does not send them twice
+    renew_items(session=session, item_ids=[r.item_id for r in dead], lease=lease)
     result.fuse += _batches([_Row(r.item_id, r.job_id) for r in dead], FUSE_ITEMS_PER_TASK)
     again = [r for r in rows if r.attempts < settings.max_attempts]
     renew_requests(session=session, request_ids=[r.id for r in again], lease=lease, now=now)

@@ -192,8 +192,6 @@ def test_llm_requests_out_of_attempts_fail_and_their_items_go_to_the_aggregator(
     assert {i.status for i in _items(settings).values()} == {"scoring"}
 
 
-@pytest.mark.xfail(strict=True, reason="source bug: an item whose request is dead-lettered is sent to the aggregator "
-                   "twice in one sweep and counted as a re-send (shared/service/sweeper.py:82 and :100)")
 def test_an_item_whose_request_is_dead_lettered_is_sent_to_the_aggregator_once(settings):
     job_id, ids = _job(settings, 1, mode="llm")
     _set(settings, LlmRequest, [r.id for r in _requests(settings).values()], attempts=MAX_ATTEMPTS)

@@ -1,0 +1,99 @@
+"""Encoder texts/s per precision against sentence-transformers, on the same texts in one run.
+
+    python bench/encoder_speed.py --data ../shared/data/ag_news/test.csv --n 2000
+
+Prints the CPU model and flags, what ``auto`` resolves to here (and the measured bf16 check),
+texts/s of sentence-transformers' ``encode`` (fp32, batch 32) and of fusionq's encoder in each
+precision this device runs, and the cosine similarity of each precision's pooled features to fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from shared.demo import sample_dir  # noqa: E402
+from shared.encoders.hf import HFEncoder, pick_device, resolve_model_path  # noqa: E402
+from shared.encoders.precision import bf16_speedup_on_cpu, cpu_description, resolve_precision  # noqa: E402
+from shared.encoders.spec import EncoderSpec  # noqa: E402
+from shared.settings import Settings  # noqa: E402
+from shared.textio import read_texts  # noqa: E402
+
+MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def rate(encode, texts: list[str], repeats: int) -> float:
+    encode(texts[:64])  # warm-up
+    runs = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        encode(texts)
+        runs.append(len(texts) / (time.perf_counter() - started))
+    return statistics.median(runs)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default="../shared/data/ag_news/test.csv")
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default="bench/out/encoder_speed.json")
+    args = parser.parse_args()
+    data = Path(args.data) if Path(args.data).is_file() else sample_dir() / "test.csv"
+    texts = read_texts(data)[: args.n]
+    settings = Settings()
+    device = pick_device(settings.device)
+    print(f"CPU: {cpu_description()}; device {device}; {os.cpu_count()} cores", flush=True)
+    result = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_description(), "device": str(device),
+              "machine": f"{platform.machine()}, {os.cpu_count()} cores, CPython {platform.python_version()}",
+              "data": str(data), "texts": len(texts), "auto": str(resolve_precision("auto", device)),
+              "texts_per_s": {}, "cosine_to_fp32_min": {}}
+    if device.type == "cpu":
+        result["bf16_matmul_speedup"] = round(bf16_speedup_on_cpu(), 2)
+
+    try:
+        from sentence_transformers import SentenceTransformer
+
+        st = SentenceTransformer(resolve_model_path(MODEL), device=str(device))
+        result["texts_per_s"]["sentence-transformers fp32"] = round(
+            rate(lambda t: st.encode(t, batch_size=32), texts, args.repeats), 1)
+        print(f"sentence-transformers fp32: {result['texts_per_s']['sentence-transformers fp32']} texts/s", flush=True)
+    except ImportError:
+        print("sentence-transformers is not installed: its row is left out", flush=True)
+
+    precisions = ["fp32", "bf16"] + (["fp16"] if device.type == "cuda" else [])
+    features = {}
+    for precision in precisions:
+        encoder = HFEncoder(EncoderSpec(model=MODEL, precision=precision), device=settings.device)
+
+        def encode(t, encoder=encoder):
+            return encoder.encode(t, max_tokens=settings.embed_max_tokens, max_batch=settings.embed_max_batch)
+
+        result["texts_per_s"][f"fusionq {precision}"] = round(rate(encode, texts, args.repeats), 1)
+        features[precision] = encode(texts)
+        print(f"fusionq {precision}: {result['texts_per_s'][f'fusionq {precision}']} texts/s", flush=True)
+    base = features["fp32"]
+    for precision, other in features.items():
+        cosine = (base * other).sum(1) / np.linalg.norm(base, axis=1) / np.linalg.norm(other, axis=1)
+        result["cosine_to_fp32_min"][precision] = round(float(cosine.min()), 6)
+    fp32 = result["texts_per_s"]["fusionq fp32"]
+    result["speedup_vs_fp32"] = {k: round(v / fp32, 2) for k, v in result["texts_per_s"].items()}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
