@@ -76,7 +76,7 @@ def score(decision, test: LabelledData, labels: list[str], multi_label: bool) ->
     for row, names in enumerate(test.labels):
         true[row, [index[n] for n in names if n in index]] = True
     m = evaluate_predictions(true, decision.label_matrix.astype(bool), decision.confidence, labels,
-                             multi_label=multi_label)
+                             multi_label=multi_label, probabilities=decision.probabilities)
     out = {"accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4), "ece": round(m["ece"], 4)}
     if multi_label:
         out["micro_f1"] = round(m["micro_f1"], 4)

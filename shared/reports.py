@@ -13,6 +13,7 @@ import numpy as np
 from shared.service.autofusion import AutoFusionClassifier
 from shared.fusion.predict import decide_from_probabilities
 from shared.evaluation import score_predictions
+from shared.metrics import MULTI_LABEL_ECE_NOTE
 from shared.textio import LabelledData, check_known_labels
 from shared.vocab import Mode
 
@@ -89,7 +90,7 @@ def compare_modes(clf: AutoFusionClassifier, data: LabelledData, out_dir: Path, 
         modes[str(mode)], correct = _mode_row(batch.labels, batch.decision.confidence, data, artifact, seconds,
                                          escalated=float(batch.escalated.mean()), questions=batch.llm_questions,
                                          calls=batch.llm_calls, cost=batch.llm_cost_usd, spent=batch.llm_spent_usd,
-                                         n=n)
+                                         n=n, probabilities=batch.decision.probabilities)
         confidences[str(mode)] = (batch.decision.confidence, correct)
         if mode == Mode.FULL:
             full_batch = batch
@@ -98,35 +99,42 @@ def compare_modes(clf: AutoFusionClassifier, data: LabelledData, out_dir: Path, 
             present = full_batch.llm_mask[:, s] > 0.5
             labels: list[list[str] | None] = [None] * n
             confidence = np.zeros(n)
+            probabilities = np.zeros((n, len(artifact.labels)))
             if present.any():
                 decision = decide_from_probabilities(full_batch.llm_scores[present, s],
                                                      multi_label=artifact.multi_label)
                 for j, i in enumerate(np.flatnonzero(present)):
                     labels[i] = [artifact.labels[c] for c in np.flatnonzero(decision.label_matrix[j])]
                     confidence[i] = decision.confidence[j]
+                    probabilities[i] = decision.probabilities[j]
             key = f"llm:{source}"
             modes[key], correct = _mode_row(labels, confidence, data, artifact, full_batch.seconds.get("llm", 0.0),
                                             escalated=1.0, questions=n, calls=0,
-                                            cost=full_batch.llm_cost_by_source[s], spent=0.0, n=n)
+                                            cost=full_batch.llm_cost_by_source[s], spent=0.0, n=n,
+                                            probabilities=probabilities)
             confidences[key] = (confidence[present], correct)
     report = {"classifier": name, "data": data.source, "n_texts": n, "labels": artifact.labels,
               "multi_label": artifact.multi_label, "escalation": {k: v for k, v in artifact.escalation.items()
                                                                   if k != "curve"},
               "modes": modes}
+    if artifact.multi_label:
+        report["ece_note"] = MULTI_LABEL_ECE_NOTE
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "comparison.json").write_text(json.dumps(report, indent=2))
     (out_dir / "comparison.md").write_text(_comparison_markdown(report))
     _plot_coverage(confidences, out_dir / "coverage.png")
     if artifact.escalation.get("curve"):
-        _plot_tradeoff(artifact.escalation["curve"], out_dir / "escalation.png")
+        _plot_tradeoff(artifact.escalation["curve"], out_dir / "escalation.png",
+                       n_items=artifact.escalation.get("validation_size"))
     return report
 
 
 def _mode_row(labels, confidence, data: LabelledData, artifact, seconds: float, *, escalated: float,
-              questions: int, calls: int, cost: float, spent: float, n: int) -> tuple[dict, np.ndarray]:
+              questions: int, calls: int, cost: float, spent: float, n: int,
+              probabilities=None) -> tuple[dict, np.ndarray]:
     """A mode's metrics and costs, and per answered item whether it is right."""
-    m, correct = score_predictions(data, artifact.labels, artifact.multi_label, labels, confidence)
+    m, correct = score_predictions(data, artifact.labels, artifact.multi_label, labels, confidence, probabilities)
     row = {"n_answered": len(correct), "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "ece": m["ece"],
            "coverage_accuracy": m["coverage_accuracy"], "escalated_share": escalated,
            "llm_questions_per_1000": round(questions * 1000 / n, 1) if n else 0.0,
@@ -135,27 +143,47 @@ def _mode_row(labels, confidence, data: LabelledData, artifact, seconds: float, 
            "wall_seconds": round(seconds, 2)}
     if artifact.multi_label:
         row["micro_f1"] = m["micro_f1"]
+        row["ece_exact_match"] = m["ece_exact_match"]
+    if not len(correct):  # nothing answered (an LLM whose every answer failed): no metric, not zeros
+        for key in ("accuracy", "macro_f1", "micro_f1", "ece", "ece_exact_match"):
+            if key in row:
+                row[key] = None
+        row["coverage_accuracy"] = []
     return row, correct
 
 
 def _comparison_markdown(report: dict) -> str:
-    f1 = "micro-F1" if report["multi_label"] else "macro-F1"
+    multi = report["multi_label"]
+    scores = (("macro_f1", "macro-F1"), ("micro_f1", "micro-F1")) if multi else (("macro_f1", "macro-F1"),)
+    eces = ((("ece", "ECE per label"), ("ece_exact_match", "ECE exact match")) if multi else (("ece", "ECE"),))
+    heads = ["accuracy (exact match)" if multi else "accuracy", *(n for _, n in scores), *(n for _, n in eces)]
     lines = [f"# Modes of `{report['classifier']}`", "", f"Data: `{report['data']}`, {report['n_texts']} texts. "
              "Questions: what the mode needs from the LLMs; calls: what was actually sent (the rest came from the "
              "cache); cost: what the questions cost at the recorded prices.", "",
-             f"| mode | accuracy | {f1} | ECE | escalated | LLM questions / 1k | LLM calls / 1k | cost / 1k texts | wall s |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"| mode | {' | '.join(heads)} | escalated | LLM questions / 1k | LLM calls / 1k | cost / 1k texts "
+             "| wall s |",
+             "|---|" + "---|" * (len(heads) + 5)]
     for mode, r in report["modes"].items():
-        score = r["micro_f1"] if report["multi_label"] else r["macro_f1"]
-        lines.append(f"| {mode} | {r['accuracy']:.4f} | {score:.4f} | {r['ece']:.4f} | {r['escalated_share']:.1%} | "
-                     f"{r['llm_questions_per_1000']:.0f} | {r['llm_calls_per_1000']:.0f} | "
-                     f"${r['llm_cost_per_1000_usd']:.4f} | {r['wall_seconds']:.1f} |")
+        values = [r["accuracy"], *(r[k] for k, _ in scores), *(r[k] for k, _ in eces)]
+        shown = (["nothing scored"] * len(values) if not r["n_answered"]
+                 else ["n/a" if v is None else f"{v:.4f}" for v in values])
+        lines.append(f"| {mode} | {' | '.join(shown)} | "
+                     f"{r['escalated_share']:.1%} | {r['llm_questions_per_1000']:.0f} | "
+                     f"{r['llm_calls_per_1000']:.0f} | ${r['llm_cost_per_1000_usd']:.4f} | {r['wall_seconds']:.1f} |")
+    if multi:
+        lines += ["", f"Calibration: {MULTI_LABEL_ECE_NOTE}."]
     esc = report["escalation"]
     if esc:
         lines += ["", f"Escalation threshold {esc.get('threshold', 0):.4f} (target {esc.get('target')}); on "
                   f"validation it escalated {esc.get('validation_escalated_share', 0):.1%}."]
-    lines += ["", "Plots: `coverage.png` (accuracy of the most confident share, per mode), `escalation.png` "
-              "(validation trade-off curve stored with the classifier)."]
+    n_val = esc.get("validation_size") if esc else None
+    curve = ("validation trade-off curve stored with the classifier"
+             + (f", {n_val} validation items" if n_val is not None else ""))
+    if n_val is not None and n_val < ESCALATION_PLOT_MIN_ITEMS:
+        curve += (f": fewer than {ESCALATION_PLOT_MIN_ITEMS}, so no curve is drawn, only a note; train with more "
+                  "data or a larger --dev set for one")
+    lines += ["", "Plots: `coverage.png` (accuracy of the most confident share, per mode), "
+              f"`escalation.png` ({curve})."]
     return "\n".join(lines) + "\n"
 
 
@@ -171,14 +199,43 @@ def _plot_coverage(confidences: dict[str, tuple[np.ndarray, np.ndarray]], path: 
     _save(plt, fig, ax, path, "coverage (most confident share of items)", "accuracy", "Coverage-accuracy per mode")
 
 
-def _plot_tradeoff(curve: list[dict], path: Path) -> None:
+# Below this many validation items the escalation trade-off curve is not drawn: each of its 21 points
+# moves by whole items (with 89 items, 1 item is 1.1 points of accuracy and the kept accuracy's standard
+# error is ~4 points), so the curve's wiggles are noise. escalation.png then holds a note saying so.
+ESCALATION_PLOT_MIN_ITEMS = 200
+
+
+def _plot_tradeoff(curve: list[dict], path: Path, *, n_items: int | None):
+    """The validation trade-off curve of ``n_items`` validation items (None: not recorded), with a band of
+    one binomial standard error around the kept accuracy; below ESCALATION_PLOT_MIN_ITEMS, only a note.
+    Returns the (closed) figure, for inspection."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
-    share = [p["escalated_share"] for p in curve]
-    ax.plot(share, [p["kept_accuracy"] if p["kept_accuracy"] is not None else np.nan for p in curve],
-            marker=".", label="accuracy of items the fast path keeps")
+    n_text = f"n = {n_items} validation items" if n_items is not None else "validation size not recorded"
+    xlabel, ylabel = "share of items escalated to the LLM path", "validation accuracy"
+    if n_items is not None and n_items < ESCALATION_PLOT_MIN_ITEMS:
+        ax.text(0.5, 0.5, f"Only {n_items} validation items: fewer than {ESCALATION_PLOT_MIN_ITEMS},\n"
+                "too few for a trade-off curve (each point would move by whole items).\n"
+                "Train with more data or a larger --dev set to see one.",
+                ha="center", va="center", transform=ax.transAxes, fontsize=10)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"Escalation trade-off: not drawn ({n_text})")
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return fig
+    share = np.array([p["escalated_share"] for p in curve], dtype=np.float64)
+    kept = np.array([p["kept_accuracy"] if p["kept_accuracy"] is not None else np.nan for p in curve])
+    ax.plot(share, kept, marker=".", label="accuracy of items the fast path keeps")
+    if n_items:
+        n_kept = np.maximum(np.round((1 - share) * n_items), 1)
+        se = np.sqrt(np.clip(kept * (1 - kept), 0, None) / n_kept)
+        ax.fill_between(share, kept - se, np.minimum(kept + se, 1.0), alpha=0.2, label="± 1 standard error")
     if any(p["overall_accuracy"] is not None for p in curve):
         ax.plot(share, [p["overall_accuracy"] if p["overall_accuracy"] is not None else np.nan for p in curve],
                 marker=".", label="overall accuracy (escalated items fused)")
-    _save(plt, fig, ax, path, "share of items escalated to the LLM path", "validation accuracy",
-          "Escalation trade-off (validation)")
+    _save(plt, fig, ax, path, xlabel, ylabel, f"Escalation trade-off on validation ({n_text})")
+    return fig

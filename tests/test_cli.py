@@ -139,3 +139,65 @@ def test_score_refuses_an_unconfigured_source(home, capsys):
     texts = write_csv(home / "t.csv", ["text"], [["x"]])
     assert main(["-q", "score", "--llm", "api", "--labels", "a,b", "--in", str(texts), "--out", "s.csv"]) == 2
     assert "set FUSIONQ_LLM_API" in capsys.readouterr().err
+
+
+def test_llm_alone_evaluation_where_every_answer_failed_says_nothing_was_scored(home, capsys):
+    from tests.support.fake_openai import FakeOpenAIServer
+
+    labelled = write_csv(home / "l.csv", ["text", "label"],
+                         [["sports final", "sports"], ["science news", "science"], ["business deal", "business"]])
+    with FakeOpenAIServer(default_mode="bad_key") as server:  # answers, but never with a class key
+        assert main(["-q", "evaluate", "--llm", f"openai:fake-model@{server.base_url}", "--data", str(labelled),
+                     "--out-dir", "lev"]) == 2
+    captured = capsys.readouterr()
+    assert "accuracy" not in captured.out and "ECE" not in captured.out
+    assert "nothing was scored" in captured.err and "all 3 item(s) failed" in captured.err
+    assert "first error:" in captured.err and "no answer key" in captured.err
+    report = json.loads((home / "lev" / "metrics.json").read_text())
+    assert report["n_scored"] == 0 and report["n_failed"] == 3 and "no answer key" in report["first_error"]
+    assert "accuracy" not in report and "ece" not in report
+    assert "Nothing was scored" in (home / "lev" / "report.md").read_text()
+
+
+def test_llm_alone_evaluation_with_some_failures_scores_the_rest_and_counts_them(home, capsys):
+    from tests.support.fake_openai import FakeOpenAIServer
+
+    labelled = write_csv(home / "l.csv", ["text", "label"],
+                         [["sports final", "sports"], ["science news", "science"], ["business deal", "business"]])
+    with FakeOpenAIServer() as server:
+        server.set_script(["bad_key"])  # the first request only
+        assert main(["-q", "evaluate", "--llm", f"openai:fake-model@{server.base_url}", "--data", str(labelled),
+                     "--out-dir", "lev"]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy 1.0000" in out and "scored 2 of 3 texts (1 failed; first error: " in out
+    report = json.loads((home / "lev" / "metrics.json").read_text())
+    assert report["n_scored"] == report["n"] == 2 and report["n_failed"] == 1 and report["accuracy"] == 1.0
+    assert "no answer key" in report["first_error"]
+    assert "Metrics cover the 2 scored items only" in (home / "lev" / "report.md").read_text()
+
+
+def test_multi_label_evaluate_prints_macro_and_micro_f1_by_name(home, tiny_bert_path, capsys):
+    from tests.conftest import make_topic_texts
+
+    texts, labels = make_topic_texts(30, seed=4)
+    rows = [[t, f"{label}|news" if i % 2 else label] for i, (t, label) in enumerate(zip(texts, labels))]
+    data = write_csv(home / "multi.csv", ["text", "labels"], rows)
+    assert main(["-q", "train", "--data", str(data), "--name", "multi", "--encoder", tiny_bert_path]) == 0
+    capsys.readouterr()
+    assert main(["-q", "evaluate", "--classifier", "multi", "--data", str(data), "--out-dir", "mev"]) == 0
+    out = capsys.readouterr().out
+    fast = json.loads((home / "mev" / "comparison.json").read_text())["modes"]["fast"]
+    assert f"macro-F1 {fast['macro_f1']:.4f}" in out and f"micro-F1 {fast['micro_f1']:.4f}" in out
+    assert f"ECE per label {fast['ece']:.4f}" in out and f"ECE exact match {fast['ece_exact_match']:.4f}" in out
+    md = (home / "mev" / "comparison.md").read_text()
+    assert "| mode | accuracy (exact match) | macro-F1 | micro-F1 | ECE per label | ECE exact match |" in md
+    assert f"| fast | {fast['accuracy']:.4f} | {fast['macro_f1']:.4f} | {fast['micro_f1']:.4f} |" in md
+
+    assert main(["-q", "evaluate", "--classifier", "multi", "--data", str(data), "--out-dir", "sev",
+                 "--through-service"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((home / "sev" / "metrics.json").read_text())
+    assert f"macro-F1 {report['macro_f1']:.4f}" in out and f"micro-F1 {report['micro_f1']:.4f}" in out
+    assert report["ece"] is not None and 0 <= report["ece"] <= 1 and 0 <= report["ece_exact_match"] <= 1
+    md = (home / "sev" / "report.md").read_text()
+    assert f"| macro-F1 | {report['macro_f1']:.4f} |" in md and f"| micro-F1 | {report['micro_f1']:.4f} |" in md

@@ -136,7 +136,7 @@ def cmd_job(args, settings) -> int:
 
 
 def cmd_evaluate(args, settings) -> int:
-    from shared.evaluation import evaluate_classifier, evaluate_llm
+    from shared.evaluation import evaluate_classifier, evaluate_llm, metrics_line, scored_line
     from shared.textio import read_labelled
 
     data = read_labelled(args.data)
@@ -155,7 +155,7 @@ def cmd_evaluate(args, settings) -> int:
         clf.show_progress = not args.quiet
         report = compare_modes(clf, data, out_dir, name=args.classifier, show_progress=not args.quiet)
         for mode, r in report["modes"].items():
-            print(f"{mode:>12}: accuracy {r['accuracy']:.4f}, macro-F1 {r['macro_f1']:.4f}, ECE {r['ece']:.4f}, "
+            print(f"{mode:>12}: {metrics_line(r, report['multi_label'])}, "
                   f"escalated {r['escalated_share']:.1%}, LLM calls/1k {r['llm_calls_per_1000']:.0f}, "
                   f"cost/1k ${r['llm_cost_per_1000_usd']:.4f}, {r['wall_seconds']:.1f} s")
         print(f"report: {out_dir / 'comparison.md'}, {out_dir / 'comparison.json'}, {out_dir / 'coverage.png'}")
@@ -165,8 +165,7 @@ def cmd_evaluate(args, settings) -> int:
         with connect(settings) as client:
             report = evaluate_classifier(client, classifier=args.classifier, data=data, out_dir=out_dir,
                                          show_progress=not args.quiet)
-    print(f"{report['classifier']}: accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}, "
-          f"ECE {report['ece']:.4f}")
+    print(f"{report['classifier']}: {metrics_line(report, report['multi_label'])}; {scored_line(report)}")
     for row in report["coverage_accuracy"]:
         print(f"  most confident {row['coverage']:.0%}: accuracy {row['accuracy']:.4f}")
     print(f"report: {out_dir / 'report.md'}, {out_dir / 'metrics.json'}")

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from shared.fusion.calibration import fit_label_thresholds, fit_temperature
 from shared.fusion.model import ENCODER_ONLY_PATTERN, FusionConfig, FusionModel, pattern_key
 from shared.fusion.predict import decide
-from shared.metrics import correct_rows, expected_calibration_error, score_logits
+from shared.metrics import MULTI_LABEL_ECE_NOTE, calibration_errors, correct_rows, score_logits
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +290,10 @@ def validation_report(model: FusionModel, val: Signals, y_val: np.ndarray, tempe
         for name, t in (("raw", 1.0), ("calibrated", temperatures[key])):
             decision = decide(logits / t, multi_label=multi_label, threshold=thresholds or 0.5)
             correct = correct_rows(decision.label_matrix, y_val, multi_label)
-            row[f"ece_{name}"] = round(expected_calibration_error(decision.confidence, correct), 5)
+            for metric, value in calibration_errors(decision.confidence, correct, multi_label=multi_label,
+                                                    probabilities=decision.probabilities, targets=y_val).items():
+                row[f"{metric}_{name}"] = round(value, 5)  # multi-label: ece per label, + ece_exact_match
             row[f"accuracy_{name}"] = round(float(correct.mean()), 5)
         per_pattern[key] = row
-    return {**per_pattern[ENCODER_ONLY_PATTERN], "patterns": per_pattern}
+    note = {"ece_note": MULTI_LABEL_ECE_NOTE} if multi_label else {}
+    return {**per_pattern[ENCODER_ONLY_PATTERN], **note, "patterns": per_pattern}
