@@ -32,7 +32,8 @@ class TrainingResult:
                  f"({', '.join(row.labels[:8])}{', ...' if len(row.labels) > 8 else ''})",
                  f"  chosen: layers {chosen['layers']}, {chosen['candidate']}",
                  f"  validation ({v['n']} texts): accuracy {v['accuracy_calibrated']:.4f}, "
-                 f"ECE {v['ece_calibrated']:.4f} calibrated / {v['ece_raw']:.4f} raw"]
+                 f"ECE{' per label' if row.multi_label else ''} {v['ece_calibrated']:.4f} calibrated / "
+                 f"{v['ece_raw']:.4f} raw"]
         llm = self.report["llm"]
         if llm:
             lines.append(f"  LLM {', '.join(f'{k}={m}' for k, m in llm['sources'].items())}: {llm['calls']} new calls "
