@@ -68,6 +68,7 @@ class FusionqClient:
         ensure_schema(self._url)
         self._dispatcher_factory = dispatcher_factory
         self._dispatcher: Dispatcher | None = None
+        self._listener = JobListener(self._url)  # connects on the first wait, kept for the client's life
 
     @property
     def dispatcher(self) -> Dispatcher:
@@ -80,6 +81,7 @@ class FusionqClient:
         return self._dispatcher
 
     def close(self) -> None:
+        self._listener.close()
         if self._dispatcher is not None:
             self._dispatcher.close()
             self._dispatcher = None
@@ -179,8 +181,10 @@ class FusionqClient:
         job_id = as_job_id(job_id)
         deadline = None if timeout is None else time.monotonic() + timeout
         look_every = poll if on_progress or not self._url.startswith("postgresql") else SAFETY_LOOK_SECONDS
-        with JobListener(self._url, job_id) as listener:  # subscribed before the first look: nothing slips between
+        listener = self._listener
+        try:
             while True:
+                listener.listen(job_id)  # before each look (a no-op once subscribed): nothing slips between
                 try:
                     progress = self.progress(job_id)
                 except OperationalError:  # the database is restarting: the workers ride it out, so does the caller
@@ -199,6 +203,8 @@ class FusionqClient:
                         "items); are workers running for the embed and fusion queues?"
                     )
                 listener.wait(look_every if left is None else min(look_every, left))
+        finally:
+            listener.unlisten(job_id)
 
     def results(self, job_id: uuid.UUID | str) -> list[ItemResult]:
         """One result per submitted text, in submission order."""

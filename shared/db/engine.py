@@ -50,6 +50,14 @@ def _engine_and_sessionmaker(url: str) -> tuple[sa.Engine, sessionmaker[Session]
     return _ENGINES[url]
 
 
+def relax_commit(session: Session) -> None:
+    """Let this transaction's commit return before its WAL reaches disk (Postgres ``synchronous_commit
+    = off`` for this transaction only). For writes whose loss in a database crash is harmless — the
+    database stays consistent and the work is simply done again — never for a job's submission."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(sa.text("SET LOCAL synchronous_commit = off"))
+
+
 def dispose_engines() -> None:
     """Forget engines inherited over fork; a child must not share its parent's connections."""
     for engine, _ in _ENGINES.values():

@@ -32,14 +32,17 @@ def pending_item_batches(*, session: Session, job_id: uuid.UUID, items_per_batch
 
 
 def claim_pending(*, session: Session, item_ids: Sequence[int], lease_seconds: int) -> list[ClaimedItem]:
-    """The still-pending items among ``item_ids``, with an attempt counted; others are already done."""
+    """The still-pending items among ``item_ids``, with an attempt counted; others are already done.
+
+    One UPDATE ... RETURNING: the claim is a single round trip."""
+    now = utcnow()
     rows = session.execute(
-        sa.select(Item.id, Item.text, Item.mode).where(Item.id.in_(item_ids), Item.status == ItemStatus.PENDING)
-    ).all()
-    if rows:
-        session.execute(sa.update(Item).where(Item.id.in_([r.id for r in rows])).values(
-            attempts=Item.attempts + 1, lease_until=utcnow() + dt.timedelta(seconds=lease_seconds), updated_at=utcnow()))
-    return [ClaimedItem(id=r.id, text=r.text, mode=r.mode) for r in rows]
+        sa.update(Item).where(Item.id.in_(list(item_ids)), Item.status == ItemStatus.PENDING)
+        .values(attempts=Item.attempts + 1, lease_until=now + dt.timedelta(seconds=lease_seconds), updated_at=now)
+        .returning(Item.id, Item.text, Item.mode),
+        execution_options={"synchronize_session": False}).all()
+    order = {item_id: n for n, item_id in enumerate(item_ids)}
+    return sorted((ClaimedItem(id=r.id, text=r.text, mode=r.mode) for r in rows), key=lambda c: order.get(c.id, 0))
 
 
 def store_features(*, session: Session, encoder_key: str, vectors: dict[int, bytes], dim: int,

@@ -144,20 +144,32 @@ def lock_job(*, session: Session, job_id: uuid.UUID) -> Job:
     return job
 
 
-def count_finished(*, session: Session, job_id: uuid.UUID, done: int = 0, failed: int = 0) -> Job:
-    """Add items that just finished to the job's counters and complete the job when none is left.
+def count_finished(*, session: Session, job_id: uuid.UUID, done: int = 0, failed: int = 0) -> str | None:
+    """Add items that just finished to the job's counters and complete the job when none is left;
+    the job's status after that (None when there was nothing to add).
 
     O(batch), never a recount: callers pass only the items their transaction moved to done or
-    failed (the moves are guarded by status, so a re-run moves and adds nothing). The increment
-    is one atomic UPDATE, which also takes the job's row lock until commit.
+    failed (the moves are guarded by status, so a re-run moves and adds nothing). One atomic
+    UPDATE, which also holds the job's row lock until commit; the transaction that completes the
+    job notifies its waiters.
     """
-    if done or failed:
-        session.execute(sa.update(Job).where(Job.id == job_id)
-                        .values(n_done=Job.n_done + done, n_failed=Job.n_failed + failed),
-                        execution_options={"synchronize_session": False})
-    job = lock_job(session=session, job_id=job_id)
-    _advance(session, job)
-    return job
+    if not (done or failed):
+        return None
+    now = utcnow()
+    finished = Job.n_done + Job.n_failed + (done + failed) >= Job.n_items  # SET reads the old values
+    row = session.execute(
+        sa.update(Job).where(Job.id == job_id).values(
+            n_done=Job.n_done + done, n_failed=Job.n_failed + failed, updated_at=now,
+            status=sa.case((finished, JobStatus.COMPLETED.value), (Job.status == JobStatus.QUEUED, JobStatus.RUNNING.value),
+                           else_=Job.status),
+            finished_at=sa.case((sa.and_(finished, Job.finished_at.is_(None)), now), else_=Job.finished_at))
+        .returning(Job.status, Job.n_done, Job.n_failed, Job.n_items),
+        execution_options={"synchronize_session": False}).one_or_none()
+    if row is None:
+        raise JobNotFound(f"no job {job_id}")
+    if row.status == JobStatus.COMPLETED and row.n_done + row.n_failed - done - failed < row.n_items:
+        notify_job_finished(session, job_id)  # this transaction is the one that completes it
+    return row.status
 
 
 def refresh_job(*, session: Session, job_id: uuid.UUID) -> Job:

@@ -30,28 +30,55 @@ def notify_job_finished(session: Session, job_id: uuid.UUID) -> None:
 
 
 class JobListener:
-    """Waits for one job's notification on a dedicated autocommit connection (Postgres), or sleeps.
+    """Waits for job notifications on one dedicated autocommit connection (Postgres), or sleeps.
 
-    A lost connection (a database restart) degrades to sleeping: the caller keeps polling, so a
-    notification missed then costs at most one wait, never a hang.
+    Opened once per client and reused: :meth:`listen` subscribes to a job's channel before the
+    caller's first look at it, :meth:`unlisten` drops it. A lost connection (a database restart)
+    degrades to sleeping and is reopened on the next :meth:`listen`: the caller keeps looking at
+    the job, so a notification missed then costs at most one wait, never a hang.
     """
 
-    def __init__(self, url: str, job_id: uuid.UUID) -> None:
+    def __init__(self, url: str) -> None:
+        self._url = sa.make_url(url)
         self._connection = None
-        self._channel = job_channel(job_id)
-        if sa.make_url(url).get_backend_name() == "postgresql":
-            import psycopg
+        self._channels: set[str] = set()
 
-            conninfo = sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-            try:
+    @property
+    def _postgres(self) -> bool:
+        return self._url.get_backend_name() == "postgresql"
+
+    def listen(self, job_id: uuid.UUID) -> None:
+        if not self._postgres:
+            return
+        import psycopg
+
+        channel = job_channel(job_id)
+        try:
+            if self._connection is None:
+                conninfo = self._url.set(drivername="postgresql").render_as_string(hide_password=False)
                 self._connection = psycopg.connect(conninfo, autocommit=True, connect_timeout=5)
-                self._connection.execute(f'LISTEN "{self._channel}"')
-            except psycopg.Error as exc:
-                log.warning("cannot LISTEN for job completion (%s); polling instead", exc)
-                self.close()
+                self._channels.clear()
+            if channel not in self._channels:
+                self._connection.execute(f'LISTEN "{channel}"')
+                self._channels.add(channel)
+        except psycopg.Error as exc:
+            log.warning("cannot LISTEN for job completion (%s); polling instead", exc)
+            self.close()
+
+    def unlisten(self, job_id: uuid.UUID) -> None:
+        channel = job_channel(job_id)
+        if self._connection is None or channel not in self._channels:
+            return
+        import psycopg
+
+        try:
+            self._connection.execute(f'UNLISTEN "{channel}"')
+            self._channels.discard(channel)
+        except psycopg.Error:
+            self.close()
 
     def wait(self, timeout: float) -> bool:
-        """Block until the job's notification arrives (True) or ``timeout`` seconds pass (False)."""
+        """Block until a notification on a listened channel arrives (True) or ``timeout`` passes (False)."""
         if self._connection is None:
             time.sleep(timeout)
             return False
@@ -67,6 +94,7 @@ class JobListener:
             return False
 
     def close(self) -> None:
+        self._channels.clear()
         if self._connection is not None:
             try:
                 self._connection.close()

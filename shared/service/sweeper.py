@@ -105,7 +105,7 @@ def _sweep_unfused(session, settings, now, lease, limit, result: SweepResult) ->
 def _dead_letter(session, errors: dict[int, str], result: SweepResult) -> None:
     """Fail the items for good and count them on their jobs (completing those that had nothing else left)."""
     for job_id, failed in mark_failed(session=session, errors=errors).items():
-        if count_finished(session=session, job_id=job_id, failed=failed).status == JobStatus.COMPLETED:
+        if count_finished(session=session, job_id=job_id, failed=failed) == JobStatus.COMPLETED:
             result.jobs_completed += 1
 
 

@@ -61,10 +61,12 @@ def test_the_completing_commit_notifies_only_that_jobs_listener(pg_settings):
     url = pg_settings.effective_database_url
     job_id, (item_id,) = _submit(pg_settings, ["a text"], classifier=False)
     other_id, _ = _submit(pg_settings, ["another"], classifier=False)
-    with JobListener(url, job_id) as mine, JobListener(url, other_id) as other:
+    with JobListener(url) as mine, JobListener(url) as other:
+        mine.listen(job_id)
+        other.listen(other_id)
         with session_for(url) as session, session.begin():
             session.execute(sa.update(Item).where(Item.id == item_id).values(status="done"))
-            assert count_finished(session=session, job_id=job_id, done=1).status == "completed"
+            assert count_finished(session=session, job_id=job_id, done=1) == "completed"
             assert not mine.wait(0.3)  # NOTIFY is transactional: nothing before the commit
         assert mine.wait(10)
         assert not other.wait(0.3)
@@ -74,7 +76,8 @@ def test_the_completing_commit_notifies_only_that_jobs_listener(pg_settings):
 def test_a_job_completed_twice_notifies_once(pg_settings):
     url = pg_settings.effective_database_url
     job_id, (item_id,) = _submit(pg_settings, ["a text"], classifier=False)
-    with JobListener(url, job_id) as listener:
+    with JobListener(url) as listener:
+        listener.listen(job_id)
         for _ in range(2):
             with session_for(url) as session, session.begin():
                 session.execute(sa.update(Item).where(Item.id == item_id).values(status="done"))
@@ -83,8 +86,19 @@ def test_a_job_completed_twice_notifies_once(pg_settings):
 
 
 def test_the_listener_without_postgres_sleeps_and_a_dead_one_degrades(sqlite_settings, pg_settings):
-    with JobListener(sqlite_settings.effective_database_url, uuid.uuid4()) as sleeper:
+    with JobListener(sqlite_settings.effective_database_url) as sleeper:
+        sleeper.listen(uuid.uuid4())
         assert sleeper.wait(0.05) is False
-    listener = JobListener(pg_settings.effective_database_url, uuid.uuid4())
+    url = pg_settings.effective_database_url
+    job_id, (item_id,) = _submit(pg_settings, ["a text"], classifier=False)
+    listener = JobListener(url)
+    listener.listen(job_id)
     listener._connection.close()  # as a database restart would
     assert listener.wait(0.05) is False and listener.wait(0.05) is False
+    listener.listen(job_id)  # the next look subscribes again, on a new connection
+    with session_for(url) as session, session.begin():
+        session.execute(sa.update(Item).where(Item.id == item_id).values(status="done"))
+        count_finished(session=session, job_id=job_id, done=1)
+    assert listener.wait(10)
+    listener.unlisten(job_id)
+    listener.close()
