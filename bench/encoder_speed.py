@@ -10,9 +10,7 @@ precision this device runs, and the cosine similarity of each precision's pooled
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -21,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import machine, write_result  # noqa: E402
 
 from shared.demo import sample_dir  # noqa: E402
 from shared.encoders.hf import HFEncoder, pick_device, resolve_model_path  # noqa: E402
@@ -54,9 +54,7 @@ def main() -> int:
     settings = Settings()
     device = pick_device(settings.device)
     print(f"CPU: {cpu_description()}; device {device}; {os.cpu_count()} cores", flush=True)
-    result = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_description(), "device": str(device),
-              "machine": f"{platform.machine()}, {os.cpu_count()} cores, CPython {platform.python_version()}",
-              "data": str(data), "texts": len(texts), "auto": str(resolve_precision("auto", device)),
+    result = {**machine(), "device": str(device), "data": str(data), "texts": len(texts), "auto": str(resolve_precision("auto", device)),
               "texts_per_s": {}, "cosine_to_fp32_min": {}}
     if device.type == "cpu":
         result["bf16_matmul_speedup"] = round(bf16_speedup_on_cpu(), 2)
@@ -88,10 +86,7 @@ def main() -> int:
         result["cosine_to_fp32_min"][precision] = round(float(cosine.min()), 6)
     fp32 = result["texts_per_s"]["fusionq fp32"]
     result["speedup_vs_fp32"] = {k: round(v / fp32, 2) for k, v in result["texts_per_s"].items()}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    write_result(result, args.out)
     return 0
 
 

@@ -9,9 +9,6 @@ same texts and model as the bare in-process encoder. Needs Redis and Postgres on
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -22,6 +19,8 @@ from pathlib import Path
 import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import machine, write_result  # noqa: E402
 
 from shared.client import FusionqClient  # noqa: E402
 from shared.db.engine import dispose_engines, upgrade  # noqa: E402
@@ -155,9 +154,7 @@ def main() -> int:
         redis.Redis.from_url(REDIS).flushdb()
 
     result = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}",
-        "cpu": cpu_description(), "precision": str(get_encoder(spec).precision),
+        **machine(), "precision": str(get_encoder(spec).precision),
         "model": spec.model, "texts": len(texts), "data": args.data,
         "bare_encoder_texts_per_s": round(bare, 1),
         "bare_runs_texts_per_s": [round(r, 1) for r in bare_rates],
@@ -176,10 +173,7 @@ def main() -> int:
         "after_submit_overhead_ms_p99": round(_quantile(after_submit, 0.99) - model_ms, 1),
         "latency_jobs": len(observed),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(json.dumps(result, indent=2))
+    write_result(result, args.out)
     return 0
 
 
