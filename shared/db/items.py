@@ -36,11 +36,11 @@ def claim_pending(*, session: Session, item_ids: Sequence[int], lease_seconds: i
 
     One UPDATE ... RETURNING: the claim is a single round trip."""
     now = utcnow()
-    rows = session.execute(
-        sa.update(Item).where(Item.id.in_(list(item_ids)), Item.status == ItemStatus.PENDING)
-        .values(attempts=Item.attempts + 1, lease_until=now + dt.timedelta(seconds=lease_seconds), updated_at=now)
-        .returning(Item.id, Item.text, Item.mode),
-        execution_options={"synchronize_session": False}).all()
+    items = Item.__table__
+    rows = session.connection().execute(
+        sa.update(items).where(items.c.id.in_(list(item_ids)), items.c.status == ItemStatus.PENDING)
+        .values(attempts=items.c.attempts + 1, lease_until=now + dt.timedelta(seconds=lease_seconds), updated_at=now)
+        .returning(items.c.id, items.c.text, items.c.mode)).all()
     order = {item_id: n for n, item_id in enumerate(item_ids)}
     return sorted((ClaimedItem(id=r.id, text=r.text, mode=r.mode) for r in rows), key=lambda c: order.get(c.id, 0))
 
@@ -80,12 +80,12 @@ def store_predictions(*, session: Session, rows: Sequence[dict],
     """Upsert final predictions (one per item, unique) and mark their items done; how many became done now.
 
     ``from_statuses``: where the items may come from (the embed stage finishes fast items straight
-    from pending)."""
+    from pending). Core statements on the session's connection: the hot path skips the ORM."""
     insert_ignoring_conflicts(session, Prediction, rows, keys=("item_id",))
-    moved = session.execute(sa.update(Item).where(Item.id.in_([r["item_id"] for r in rows]),
-                                                  Item.status.in_(from_statuses))
-                            .values(status=ItemStatus.DONE, updated_at=utcnow()).returning(Item.id),
-                            execution_options={"synchronize_session": False})
+    items = Item.__table__
+    moved = session.connection().execute(
+        sa.update(items).where(items.c.id.in_([r["item_id"] for r in rows]), items.c.status.in_(from_statuses))
+        .values(status=ItemStatus.DONE, updated_at=utcnow()).returning(items.c.id))
     return len(moved.all())
 
 
