@@ -8,6 +8,7 @@ from celery import Celery
 
 from shared.dispatch import TaskName
 from shared.service.embed import embed_stage
+from workers.memory import release_freed_memory
 from workers.retry import DB_RETRY
 
 log = logging.getLogger(__name__)
@@ -19,7 +20,10 @@ def register(app: Celery, *, settings) -> None:
     @app.task(name=str(TaskName.EMBED), bind=True, shared=False, **DB_RETRY)
     def embed_items(self, job_id: str, item_ids: list[int]) -> int:
         """Embed the still-pending items among ``item_ids``; enqueue their fusion after commit."""
-        embedded = embed_stage(settings, job_id=job_id, item_ids=item_ids)
+        try:
+            embedded = embed_stage(settings, job_id=job_id, item_ids=item_ids)
+        finally:
+            release_freed_memory()  # new batch shapes would otherwise grow the worker without bound
         if embedded:
             self.app.send_task(str(TaskName.FUSE), args=[job_id, embedded])
         log.info("job %s: embedded %d of %d items", job_id, len(embedded), len(item_ids))
