@@ -1,11 +1,16 @@
-"""What every benchmark does the same way: say which machine it ran on, and write its JSON."""
+"""What every benchmark does the same way: say which machine it ran on, write its JSON, get scratch
+services, and watch worker memory."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import tempfile
+import threading
 import time
+import uuid
 from pathlib import Path
 
 from shared.encoders.precision import cpu_description
@@ -23,3 +28,60 @@ def write_result(result: dict, out: str | Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
+
+
+PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+REDIS = "redis://127.0.0.1:6379/12"  # the benches' own Redis database, emptied before and after
+
+
+@contextlib.contextmanager
+def scratch_services(prefix: str = "fusionq-bench-"):
+    """A fresh Postgres database and an empty Redis database for one benchmark; (database URL, scratch folder).
+
+    Dropped and emptied on the way out; stop the workers inside the block first."""
+    import redis
+    import sqlalchemy as sa
+
+    from shared.db.engine import dispose_engines, upgrade
+
+    db_name = f"fusionq_bench_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{db_name}"'))
+    redis.Redis.from_url(REDIS).flushdb()
+    url = PG_ADMIN.rsplit("/", 1)[0] + f"/{db_name}"
+    try:
+        upgrade(url)
+        yield url, Path(tempfile.mkdtemp(prefix=prefix))
+    finally:
+        dispose_engines()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
+        admin.dispose()
+        redis.Redis.from_url(REDIS).flushdb()
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of process ``pid``, MB (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class MemorySampler(threading.Thread):
+    """RSS of each worker process every ``every`` seconds, until stopped."""
+
+    def __init__(self, procs: dict[str, object], every: float = 2.0) -> None:
+        super().__init__(daemon=True)
+        self.procs, self.every, self.rows, self.stop_event = procs, every, [], threading.Event()
+        self.t0 = time.monotonic()
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            self.rows.append({"t_s": round(time.monotonic() - self.t0, 1),
+                              **{name: round(rss_mb(p.pid), 1) for name, p in self.procs.items()}})
+            self.stop_event.wait(self.every)
+
+    def peaks(self) -> dict[str, float]:
+        return {name: max(row[name] for row in self.rows) for name in self.procs}

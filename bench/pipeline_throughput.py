@@ -11,19 +11,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
-
-import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import machine, write_result  # noqa: E402
-
+from bench.common import REDIS, machine, scratch_services, write_result  # noqa: E402
 from shared.client import FusionqClient  # noqa: E402
-from shared.db.engine import dispose_engines, upgrade  # noqa: E402
 from shared.demo import sample_dir, stratified_sample  # noqa: E402
 from shared.encoders.hf import get_encoder  # noqa: E402
 from shared.encoders.precision import cpu_description  # noqa: E402
@@ -34,8 +28,6 @@ from shared.service.training import train_classifier  # noqa: E402
 from workers.dispatch import dispatcher_for  # noqa: E402
 from workers.launch import start_worker, stop_worker  # noqa: E402
 
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-REDIS = "redis://127.0.0.1:6379/12"
 
 
 def bare_encoder_rate(spec: EncoderSpec, texts: list[str], settings: Settings, repeats: int) -> float:
@@ -93,65 +85,52 @@ def main() -> int:
     texts = read_texts(args.data)[: args.n]
     train_path = Path(args.train) if Path(args.train).is_file() else sample_dir() / "train.csv"
     spec = EncoderSpec(model="sentence-transformers/all-MiniLM-L6-v2", precision=args.precision)
-    db_name = f"fusionq_bench_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{db_name}"'))
-    tmp = Path(tempfile.mkdtemp(prefix="fusionq-bench-"))
-    settings = Settings(home=tmp, database_url=PG_ADMIN.rsplit("/", 1)[0] + f"/{db_name}", broker_url=REDIS,
-                        artifact_dir=tmp / "artifacts")
-    import redis
+    with scratch_services() as (database_url, tmp):
+        settings = Settings(home=tmp, database_url=database_url, broker_url=REDIS, artifact_dir=tmp / "artifacts")
+        procs = []
+        try:
+                print(f"training a classifier on {train_path} (not timed) ...", flush=True)
+                train = stratified_sample(read_labelled(train_path), 1000)
+                train_classifier(settings=settings, name="bench", data=train, encoders=[spec], layers=spec.layers,
+                                 fusion="concat", show_progress=False)
 
-    redis.Redis.from_url(REDIS).flushdb()
-    procs = []
-    try:
-        upgrade(settings.effective_database_url)
-        print(f"training a classifier on {train_path} (not timed) ...", flush=True)
-        train = stratified_sample(read_labelled(train_path), 1000)
-        train_classifier(settings=settings, name="bench", data=train, encoders=[spec], layers=spec.layers,
-                         fusion="concat", show_progress=False)
+                print(f"CPU: {cpu_description()}; encoder precision {args.precision} -> {get_encoder(spec).precision}", flush=True)
+                bare_encoder_rate(spec, texts, settings, 1)  # every padded shape seen once, as the workers will see them
+                model_ms = single_text_model_ms(spec, texts[0])
 
-        print(f"CPU: {cpu_description()}; encoder precision {args.precision} -> {get_encoder(spec).precision}", flush=True)
-        bare_encoder_rate(spec, texts, settings, 1)  # every padded shape seen once, as the workers will see them
-        model_ms = single_text_model_ms(spec, texts[0])
+                env = {"FUSIONQ_DATABASE_URL": settings.database_url, "FUSIONQ_BROKER_URL": REDIS,
+                       "FUSIONQ_ARTIFACT_DIR": str(settings.artifact_dir), "HF_HUB_OFFLINE": "1"}
+                procs.append(start_worker("embed", env=env, log_dir=tmp / "logs"))
+                procs.append(start_worker("fusion", env={**env, "FUSIONQ_TORCH_THREADS": "1"}, log_dir=tmp / "logs"))
+                with FusionqClient(settings) as client:
+                    client.wait(client.submit(texts[:64], "bench"), timeout=300)  # workers load their models
+                    client.wait(client.submit(texts, "bench"), timeout=3600)  # the workers see every shape once too
+                    bare_rates, system_rates = [], []
+                    for run in range(args.repeats):  # interleaved, so both see the same machine
+                        print(f"run {run + 1}/{args.repeats}: bare encoder, then the whole system, on {len(texts)} texts",
+                              flush=True)
+                        bare_rates.append(bare_encoder_rate(spec, texts, settings, 1))
+                        started = time.perf_counter()
+                        job = client.submit(texts, "bench")
+                        client.wait(job, timeout=3600)
+                        system_rates.append(len(texts) / (time.perf_counter() - started))
+                    bare, system = statistics.median(bare_rates), statistics.median(system_rates)
 
-        env = {"FUSIONQ_DATABASE_URL": settings.database_url, "FUSIONQ_BROKER_URL": REDIS,
-               "FUSIONQ_ARTIFACT_DIR": str(settings.artifact_dir), "HF_HUB_OFFLINE": "1"}
-        procs.append(start_worker("embed", env=env, log_dir=tmp / "logs"))
-        procs.append(start_worker("fusion", env={**env, "FUSIONQ_TORCH_THREADS": "1"}, log_dir=tmp / "logs"))
-        with FusionqClient(settings) as client:
-            client.wait(client.submit(texts[:64], "bench"), timeout=300)  # workers load their models
-            client.wait(client.submit(texts, "bench"), timeout=3600)  # the workers see every shape once too
-            bare_rates, system_rates = [], []
-            for run in range(args.repeats):  # interleaved, so both see the same machine
-                print(f"run {run + 1}/{args.repeats}: bare encoder, then the whole system, on {len(texts)} texts",
-                      flush=True)
-                bare_rates.append(bare_encoder_rate(spec, texts, settings, 1))
-                started = time.perf_counter()
-                job = client.submit(texts, "bench")
-                client.wait(job, timeout=3600)
-                system_rates.append(len(texts) / (time.perf_counter() - started))
-            bare, system = statistics.median(bare_rates), statistics.median(system_rates)
-
-            observed, after_submit, stored = [], [], []
-            for i in range(args.latency_jobs):
-                started = time.perf_counter()
-                job = client.submit([texts[i % len(texts)]], "bench")
-                submitted = time.perf_counter()
-                client.wait(job, timeout=60)  # told by the completing commit (Postgres NOTIFY), no polling
-                finished = time.perf_counter()
-                observed.append((finished - started) * 1000)
-                after_submit.append((finished - submitted) * 1000)
-                stored.append(client.results(job)[0].latency_ms)
-        print("embedded default (in-memory broker, worker thread, SQLite) ...", flush=True)
-        embedded = embedded_rate(spec, train, texts, tmp / "embedded", args.repeats)
-    finally:
-        for proc in procs:
-            stop_worker(proc)
-        dispose_engines()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
-        redis.Redis.from_url(REDIS).flushdb()
+                    observed, after_submit, stored = [], [], []
+                    for i in range(args.latency_jobs):
+                        started = time.perf_counter()
+                        job = client.submit([texts[i % len(texts)]], "bench")
+                        submitted = time.perf_counter()
+                        client.wait(job, timeout=60)  # told by the completing commit (Postgres NOTIFY), no polling
+                        finished = time.perf_counter()
+                        observed.append((finished - started) * 1000)
+                        after_submit.append((finished - submitted) * 1000)
+                        stored.append(client.results(job)[0].latency_ms)
+                print("embedded default (in-memory broker, worker thread, SQLite) ...", flush=True)
+                embedded = embedded_rate(spec, train, texts, tmp / "embedded", args.repeats)
+        finally:
+            for proc in procs:
+                stop_worker(proc)
 
     result = {
         **machine(), "precision": str(get_encoder(spec).precision),

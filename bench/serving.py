@@ -17,7 +17,6 @@ import os
 import platform
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -33,33 +32,12 @@ from shared.settings import Settings  # noqa: E402
 from shared.textio import read_labelled, read_texts  # noqa: E402
 from shared.service.training import train_classifier  # noqa: E402
 from tests.support.fake_openai import FakeOpenAIServer  # noqa: E402
+from bench.common import MemorySampler  # noqa: E402
 from workers.launch import start_beat, start_worker, stop_worker  # noqa: E402
 
 PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 REDIS = "redis://127.0.0.1:6379/12"
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-class MemorySampler(threading.Thread):
-    """RSS of each worker process every ``every`` seconds, until stopped."""
-
-    def __init__(self, procs: dict[str, object], every: float = 2.0) -> None:
-        super().__init__(daemon=True)
-        self.procs, self.every, self.rows, self.stop_event = procs, every, [], threading.Event()
-        self.t0 = time.monotonic()
-
-    def run(self) -> None:
-        while not self.stop_event.is_set():
-            self.rows.append({"t_s": round(time.monotonic() - self.t0, 1),
-                              **{name: round(rss_mb(p.pid), 1) for name, p in self.procs.items()}})
-            self.stop_event.wait(self.every)
 
 
 def run_job(client: FusionqClient, texts: list[str], mode: str, llm: FakeOpenAIServer, **options) -> dict:

@@ -180,7 +180,7 @@ class FusionqClient:
         """
         job_id = as_job_id(job_id)
         deadline = None if timeout is None else time.monotonic() + timeout
-        look_every = poll if on_progress or not self._url.startswith("postgresql") else SAFETY_LOOK_SECONDS
+        look_every = poll if on_progress or not self._listener.notifies else SAFETY_LOOK_SECONDS
         listener = self._listener
         try:
             while True:

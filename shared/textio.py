@@ -103,17 +103,14 @@ def read_texts(path: str | Path, *, column: str = "text") -> list[str]:
     return read_texts_and_ids(path, column=column)[0]
 
 
-def read_texts_and_ids(path: str | Path, *, column: str = "text",
-                       id_column: str | None = None) -> tuple[list[str], list[str] | None]:
-    """The texts of ``column`` and the caller's ids from ``id_column`` (None when not asked for), in order."""
-    rows, _ = read_rows(path, required=(column,) if id_column is None else (column, id_column))
+def read_texts_and_ids(path: str | Path, *, column: str = "text", id_column: str | None = None,
+                       default_id_column: str | None = None) -> tuple[list[str], tuple[str, list[str]] | None]:
+    """The texts of ``column`` and the caller's ids: (id column name, ids) from ``id_column`` (required),
+    else from ``default_id_column`` when the file has it, else None. The file is read once."""
+    rows, header = read_rows(path, required=(column,) if id_column is None else (column, id_column))
     texts = [row[column] or "" for row in rows]
-    return texts, None if id_column is None else [row[id_column] or "" for row in rows]
-
-
-def csv_header(path: str | Path) -> list[str]:
-    """The column names of a CSV file (read as :func:`read_rows` does, so its errors come first)."""
-    return read_rows(path, required=())[1]
+    chosen = id_column or (default_id_column if default_id_column in header and default_id_column != column else None)
+    return texts, None if chosen is None else (chosen, [row[chosen] or "" for row in rows])
 
 
 def read_labelled(path: str | Path) -> LabelledData:

@@ -100,21 +100,20 @@ EXIT_ALL_FAILED = 3  # the job ran, but no item got a prediction (usage and inpu
 
 def cmd_classify(args, settings) -> int:
     from shared.evaluation import classify_with_progress
-    from shared.textio import csv_header, read_texts_and_ids
+    from shared.textio import read_texts_and_ids
 
     out = Path(args.out)
     stats_path = out.with_suffix(".stats.json")
     check_output_file(out)
     check_output_file(stats_path)
-    id_column = args.id_column or ("id" if "id" in csv_header(args.input) and args.text_column != "id" else None)
-    texts, ids = read_texts_and_ids(args.input, column=args.text_column, id_column=id_column)
+    texts, ids = read_texts_and_ids(args.input, column=args.text_column, id_column=args.id_column,
+                                    default_id_column="id")
     with connect(settings) as client:
         job_id, results = classify_with_progress(
             client, texts, args.classifier, mode=args.mode, show_progress=not args.quiet, timeout=args.timeout,
             budget_share=args.budget_share, budget_items=args.budget_items, budget_usd=args.budget_usd)
         stats = client.stats(job_id)
-    write_predictions_csv(out, results, stats.labels, ids=(id_column, ids) if id_column else None,
-                          texts=None if args.no_text else texts)
+    write_predictions_csv(out, results, stats.labels, ids=ids, texts=None if args.no_text else texts)
     stats_path.write_text(stats.model_dump_json(indent=2) + "\n", encoding="utf-8")
     failed = sum(r.status == "failed" for r in results)
     print(f"wrote {len(results)} predictions to {out}" + (f" ({failed} failed: see the error column)" if failed else ""))

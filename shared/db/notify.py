@@ -44,11 +44,12 @@ class JobListener:
         self._channels: set[str] = set()
 
     @property
-    def _postgres(self) -> bool:
+    def notifies(self) -> bool:
+        """Whether this database can tell a waiter (Postgres); elsewhere :meth:`wait` only sleeps."""
         return self._url.get_backend_name() == "postgresql"
 
     def listen(self, job_id: uuid.UUID) -> None:
-        if not self._postgres:
+        if not self.notifies:
             return
         import psycopg
 

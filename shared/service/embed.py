@@ -39,11 +39,11 @@ def embed_stage(settings: Settings, *, job_id: str, item_ids: list[int]) -> list
         fast = []  # the aggregator reports an unreadable artifact on each item
     with session_for(settings.effective_database_url) as session, session.begin():
         if fast:
-            features = np.stack([np.frombuffer(vectors.pop(i), dtype=np.float32) for i in fast])
-            finish_fast_items(session, job, artifact, features, fast)
+            finish_fast_items(session, job, artifact, np.stack([vectors.pop(i) for i in fast]), fast)
         if vectors:
-            dim = len(next(iter(vectors.values()))) // np.dtype(np.float32).itemsize
-            store_features(session=session, encoder_key=features_key(specs), vectors=vectors, dim=dim,
+            dim = len(next(iter(vectors.values())))
+            store_features(session=session, encoder_key=features_key(specs), dim=dim,
+                           vectors={item_id: vector.tobytes() for item_id, vector in vectors.items()},
                            lease_seconds=settings.item_lease_seconds)
         if errors:
             failed = mark_failed(session=session, errors=errors)
@@ -58,13 +58,13 @@ def _artifact_or_none(classifier):
         return None
 
 
-def _encode_isolating_failures(specs, claimed, settings: Settings) -> tuple[dict[int, bytes], dict[int, str]]:
+def _encode_isolating_failures(specs, claimed, settings: Settings) -> tuple[dict[int, np.ndarray], dict[int, str]]:
     """Encode all texts in one call; only if that fails, one by one, so a bad text fails alone."""
     texts = [item.text for item in claimed]
     options = {"device": settings.device, "max_tokens": settings.embed_max_tokens, "max_batch": settings.embed_max_batch}
     try:
         features = encode_features(specs, texts, **options)
-        return {item.id: features[i].tobytes() for i, item in enumerate(claimed)}, {}
+        return {item.id: features[i] for i, item in enumerate(claimed)}, {}
     except EncoderError:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure of the batch: isolate the culprit below
@@ -72,7 +72,7 @@ def _encode_isolating_failures(specs, claimed, settings: Settings) -> tuple[dict
     vectors, errors = {}, {}
     for item in claimed:
         try:
-            vectors[item.id] = encode_features(specs, [item.text], **options)[0].tobytes()
+            vectors[item.id] = encode_features(specs, [item.text], **options)[0]
         except Exception as exc:  # noqa: BLE001 - recorded on the item, never raised past it
             errors[item.id] = f"encoder failed on this text: {type(exc).__name__}: {exc}"
     return vectors, errors
