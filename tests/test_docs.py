@@ -15,7 +15,8 @@ def test_every_setting_is_documented(variable):
     readme = (ROOT / "README.md").read_text()
     example = (ROOT / ".env.example").read_text()
     stem = variable.removesuffix("_OUT_PER_MTOK")  # the README's table shares one row for both prices
-    assert f"`{variable}`" in readme or (variable != stem and f"`{stem}" in readme), f"{variable} not in README.md"
+    assert f"| `{variable}`" in readme or (variable != stem and f"| `{stem}" in readme), \
+        f"{variable} has no row in README.md's settings table"
     assert f"# {variable}=" in example, f"{variable} not in .env.example"
 
 
