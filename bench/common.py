@@ -85,3 +85,46 @@ class MemorySampler(threading.Thread):
 
     def peaks(self) -> dict[str, float]:
         return {name: max(row[name] for row in self.rows) for name in self.procs}
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` so far (Linux /proc), 0 for a process that is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _pids_named(*names: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() in names:
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return pids
+
+
+class CpuAccount:
+    """CPU seconds spent by each role (worker processes, Postgres, Redis, this process) between
+    :meth:`start` and :meth:`stop`: where two cores' time goes while a job runs."""
+
+    def __init__(self, workers: dict[str, object]) -> None:
+        self.roles = {**{name: [proc.pid] for name, proc in workers.items()}, "client": [os.getpid()]}
+
+    def _snapshot(self) -> dict[str, float]:
+        roles = {**self.roles, "postgres": _pids_named("postgres"), "redis": _pids_named("redis-server")}
+        return {role: sum(_cpu_seconds(pid) for pid in pids) for role, pids in roles.items()}
+
+    def start(self) -> None:
+        self._started, self._t0 = self._snapshot(), time.monotonic()
+
+    def stop(self) -> dict[str, float]:
+        """CPU seconds per role, plus ``wall_s`` and ``idle_cpu_s`` (two cores' time nobody used)."""
+        ended, wall = self._snapshot(), time.monotonic() - self._t0
+        used = {role: round(ended[role] - self._started.get(role, 0.0), 2) for role in ended}
+        return {**used, "wall_s": round(wall, 2),
+                "idle_cpu_s": round((os.cpu_count() or 1) * wall - sum(used.values()), 2)}

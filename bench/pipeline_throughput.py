@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REDIS, machine, scratch_services, write_result  # noqa: E402
+from bench.common import REDIS, CpuAccount, machine, scratch_services, write_result  # noqa: E402
 from shared.client import FusionqClient  # noqa: E402
 from shared.demo import sample_dir, stratified_sample  # noqa: E402
 from shared.encoders.hf import get_encoder  # noqa: E402
@@ -105,15 +105,18 @@ def main() -> int:
                 with FusionqClient(settings) as client:
                     client.wait(client.submit(texts[:64], "bench"), timeout=300)  # workers load their models
                     client.wait(client.submit(texts, "bench"), timeout=3600)  # the workers see every shape once too
-                    bare_rates, system_rates = [], []
+                    bare_rates, system_rates, cpu_runs = [], [], []
+                    account = CpuAccount({"embed_worker": procs[0], "fusion_worker": procs[1]})
                     for run in range(args.repeats):  # interleaved, so both see the same machine
                         print(f"run {run + 1}/{args.repeats}: bare encoder, then the whole system, on {len(texts)} texts",
                               flush=True)
                         bare_rates.append(bare_encoder_rate(spec, texts, settings, 1))
+                        account.start()
                         started = time.perf_counter()
                         job = client.submit(texts, "bench")
                         client.wait(job, timeout=3600)
                         system_rates.append(len(texts) / (time.perf_counter() - started))
+                        cpu_runs.append(account.stop())
                     bare, system = statistics.median(bare_rates), statistics.median(system_rates)
 
                     observed, after_submit, stored = [], [], []
@@ -140,6 +143,8 @@ def main() -> int:
         "system_texts_per_s": round(system, 1),
         "system_runs_texts_per_s": [round(r, 1) for r in system_rates],
         "ratio": round(system / bare, 3),
+        # where two cores' time went during each system run: CPU seconds per process role
+        "system_cpu_seconds": cpu_runs,
         "embedded_texts_per_s": round(embedded, 1),
         "embedded_ratio": round(embedded / bare, 3),
         "one_text_job_ms_median": round(statistics.median(observed), 1),

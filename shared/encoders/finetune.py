@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.encoders.hf import load_tokenizer, pick_device, pool, resolve_model_path
+from shared.encoders.hf import PAD_TO_MULTIPLE_OF, load_tokenizer, pick_device, pool, resolve_model_path
 from shared.encoders.spec import EncoderSpec
 from shared.errors import ConfigError, EncoderError
 from shared.metrics import score_logits
@@ -115,7 +115,7 @@ def finetune_backbone(
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if torch_device.type == "cuda" else _no_autocast()
 
     def forward(batch_ids):
-        padded = tokenizer.pad({"input_ids": batch_ids}, return_tensors="pt")
+        padded = tokenizer.pad({"input_ids": batch_ids}, return_tensors="pt", pad_to_multiple_of=PAD_TO_MULTIPLE_OF)
         mask = padded["attention_mask"].to(torch_device)
         with autocast:
             out = backbone(input_ids=padded["input_ids"].to(torch_device), attention_mask=mask)

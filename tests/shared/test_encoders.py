@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from shared.encoders.hf import HFEncoder, pool, resolve_model_path
+from shared.encoders.hf import PAD_TO_MULTIPLE_OF, HFEncoder, pool, resolve_model_path
 from shared.encoders.spec import EncoderSpec, parse_layers
 from shared.errors import EncoderError
 
@@ -27,6 +27,17 @@ def test_bert_layers_concatenate_and_batching_does_not_change_features(tiny_bert
     alone = np.stack([encoder.encode([t])[0] for t in texts])
     assert together.shape == (3, 64) and together.dtype == np.float32
     np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_padded_lengths_are_rounded_and_the_extra_padding_changes_nothing(tiny_bert_path):
+    # Rounded lengths bound the shapes the kernels see; the rounding's pad tokens are masked out
+    encoder = HFEncoder(EncoderSpec(model=tiny_bert_path, layers=(-1,), pooling="mean", precision="fp32"))
+    ids = encoder.encode_pre(["three words here"])
+    hidden, mask = encoder.encode_core(ids)
+    assert mask.shape[1] % PAD_TO_MULTIPLE_OF == 0 and mask.shape[1] > len(ids[0])
+    with torch.inference_mode():
+        exact = encoder.model(input_ids=torch.tensor(ids), output_hidden_states=True).hidden_states[-1].mean(1)
+    np.testing.assert_allclose(encoder.encode_post(hidden, mask), exact.numpy(), atol=1e-5)
 
 
 def test_decoder_last_token_pooling_ignores_padding(tiny_decoder_path):
