@@ -76,7 +76,7 @@ def main() -> int:
     parser.add_argument("--data", default="../shared/data/ag_news/test.csv", help="CSV with a text column")
     parser.add_argument("--train", default="../shared/data/ag_news/train.csv", help="labelled CSV for the classifier")
     parser.add_argument("--n", type=int, default=2000, help="texts per throughput run")
-    parser.add_argument("--repeats", type=int, default=3, help="throughput runs of each kind (median reported)")
+    parser.add_argument("--repeats", type=int, default=5, help="throughput runs of each kind (median reported)")
     parser.add_argument("--latency-jobs", type=int, default=200, help="one-text jobs, one after another")
     parser.add_argument("--precision", default="auto", help="encoder precision (auto, fp32, bf16)")
     parser.add_argument("--out", default="bench/out/pipeline_throughput.json")
@@ -105,12 +105,14 @@ def main() -> int:
                 with FusionqClient(settings) as client:
                     client.wait(client.submit(texts[:64], "bench"), timeout=300)  # workers load their models
                     client.wait(client.submit(texts, "bench"), timeout=3600)  # the workers see every shape once too
-                    bare_rates, system_rates, cpu_runs = [], [], []
+                    bare_rates, system_rates, cpu_runs, bare_cpu = [], [], [], []
                     account = CpuAccount({"embed_worker": procs[0], "fusion_worker": procs[1]})
                     for run in range(args.repeats):  # interleaved, so both see the same machine
                         print(f"run {run + 1}/{args.repeats}: bare encoder, then the whole system, on {len(texts)} texts",
                               flush=True)
+                        cpu_started = time.process_time()
                         bare_rates.append(bare_encoder_rate(spec, texts, settings, 1))
+                        bare_cpu.append(round(time.process_time() - cpu_started, 2))
                         account.start()
                         started = time.perf_counter()
                         job = client.submit(texts, "bench")
@@ -142,7 +144,13 @@ def main() -> int:
         "bare_runs_texts_per_s": [round(r, 1) for r in bare_rates],
         "system_texts_per_s": round(system, 1),
         "system_runs_texts_per_s": [round(r, 1) for r in system_rates],
-        "ratio": round(system / bare, 3),
+        # each system run over the bare run just before it: this VM's speed drifts by +-30 % within
+        # minutes, so only neighbouring runs compare
+        "ratio": round(statistics.median(s / b for s, b in zip(system_rates, bare_rates)), 3),
+        "paired_ratios": [round(s / b, 3) for s, b in zip(system_rates, bare_rates)],
+        # CPU seconds per text, embed worker vs the bare encoder's own process: the work done differs
+        # only by the stage's database writes, if the machine's speed held
+        "bare_cpu_seconds": bare_cpu,
         # where two cores' time went during each system run: CPU seconds per process role
         "system_cpu_seconds": cpu_runs,
         "embedded_texts_per_s": round(embedded, 1),

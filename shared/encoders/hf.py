@@ -65,6 +65,18 @@ DECODER_TYPES = ("llama", "qwen2", "qwen3", "mistral", "mixtral", "gemma", "gemm
 # tensor cores; the extra pad tokens are masked out, so features do not change.
 PAD_TO_MULTIPLE_OF = 8
 
+# Tokens and texts per forward pass when the settings leave them unset. On a CPU, larger batches
+# ran slower (docs/BENCHMARKS.md, "Encoder batching"); a GPU needs far larger ones to fill it.
+CPU_BATCH_BUDGET = (4096, 32)
+CUDA_BATCH_BUDGET = (32768, 256)
+
+
+def batch_budget(device, max_tokens: int | None = None, max_batch: int | None = None) -> tuple[int, int]:
+    """(tokens, texts) per forward pass on ``device`` (a torch.device): the given values, or the
+    device's defaults for those left None."""
+    tokens, texts = CUDA_BATCH_BUDGET if device.type == "cuda" else CPU_BATCH_BUDGET
+    return (max_tokens or tokens, max_batch or texts)
+
 
 def guess_pooling(model: str) -> Pooling:
     """``last`` (last real token) for decoder LLMs, ``mean`` for encoders."""
@@ -109,7 +121,6 @@ class HFEncoder:
     """Frozen transformer encoder producing one feature vector per text for an :class:`EncoderSpec`."""
 
     def __init__(self, spec: EncoderSpec, *, device: str | None = None) -> None:
-        import torch
         from transformers import AutoModel
         from transformers.utils import logging as hf_logging
 
@@ -167,8 +178,9 @@ class HFEncoder:
 
         padded = self.tokenizer.pad({"input_ids": list(batch_ids)}, return_tensors="pt",
                                     pad_to_multiple_of=PAD_TO_MULTIPLE_OF)
-        input_ids = padded["input_ids"].to(self.device)
-        mask = padded["attention_mask"].to(self.device)
+        input_ids, mask = padded["input_ids"], padded["attention_mask"]
+        if self.device.type == "cuda":  # page-locked host memory: the copy runs without a staging pass
+            input_ids, mask = (t.pin_memory().to(self.device, non_blocking=True) for t in (input_ids, mask))
         with torch.inference_mode():
             out = self.model(input_ids=input_ids, attention_mask=mask, output_hidden_states=True)
         return [out.hidden_states[layer] for layer in self.spec.layers], mask
@@ -184,16 +196,18 @@ class HFEncoder:
         self,
         texts: Sequence[str],
         *,
-        max_tokens: int = 4096,
-        max_batch: int = 32,
+        max_tokens: int | None = None,
+        max_batch: int | None = None,
         on_batch: Callable[[int], None] | None = None,
     ) -> np.ndarray:
         """Features for ``texts`` in their order: [len(texts), dim] float32.
 
-        Texts are sorted by token length and packed under ``max_tokens`` per forward pass.
+        Texts are sorted by token length and packed under ``max_tokens`` per forward pass (None:
+        sized for the device, :func:`batch_budget`).
         ``on_batch(n)`` is called after each batch of n texts (progress bars).
         """
         ids = self.encode_pre(texts)
+        max_tokens, max_batch = batch_budget(self.device, max_tokens, max_batch)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for batch in pack_by_tokens([len(x) for x in ids], max_tokens=max_tokens, max_batch=max_batch):
             hidden, mask = self.encode_core([ids[i] for i in batch])
@@ -245,7 +259,7 @@ def get_encoder(spec: EncoderSpec, *, device: str | None = None) -> HFEncoder:
 
 
 def encode_features(specs: Sequence[EncoderSpec], texts: Sequence[str], *, device: str | None = None,
-                    max_tokens: int = 4096, max_batch: int = 32,
+                    max_tokens: int | None = None, max_batch: int | None = None,
                     on_batch: Callable[[int], None] | None = None) -> np.ndarray:
     """Features of ``texts`` from every encoder in ``specs``, concatenated in that order: [N, sum of dims].
 

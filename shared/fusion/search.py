@@ -28,8 +28,8 @@ LayerFeatures = dict[int, list[np.ndarray]]
 @dataclass(frozen=True)
 class EncodeOptions:
     device: str | None
-    max_tokens: int
-    max_batch: int
+    max_tokens: int | None  # None: sized for the device
+    max_batch: int | None
     show_progress: bool = False
 
 

@@ -134,3 +134,12 @@ def test_bf16_features_agree_with_fp32_and_the_spec_says_which(minilm_path):
 def test_auto_is_resolved_before_features_are_made(tiny_bert_path):
     encoder = HFEncoder(EncoderSpec(model=tiny_bert_path))
     assert encoder.spec.precision in ("fp32", "bf16") and "auto" not in encoder.spec.key
+
+
+def test_batch_budget_is_sized_for_the_device_unless_set():
+    from shared.encoders.hf import CPU_BATCH_BUDGET, CUDA_BATCH_BUDGET, batch_budget
+
+    assert batch_budget(torch.device("cpu")) == CPU_BATCH_BUDGET == (4096, 32)
+    assert batch_budget(torch.device("cuda")) == CUDA_BATCH_BUDGET  # a device object only: no GPU needed
+    assert batch_budget(torch.device("cuda"), 1024, None) == (1024, CUDA_BATCH_BUDGET[1])
+    assert batch_budget(torch.device("cpu"), None, 8) == (4096, 8)
