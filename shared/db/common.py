@@ -1,4 +1,4 @@
-"""What every store module shares: the dialect's idempotent INSERT."""
+"""What every store module shares: which dialect it talks to and its idempotent INSERT."""
 
 from __future__ import annotations
 
@@ -6,6 +6,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
+
+
+def on_postgres(session: Session) -> bool:
+    """Whether the session talks to Postgres (else SQLite, the embedded default)."""
+    return session.get_bind().dialect.name == "postgresql"
 
 
 def dialect_insert(session: Session):

@@ -7,6 +7,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.db.common import on_postgres
 from shared.errors import DatabaseUnavailable, SchemaError
 
 
@@ -54,7 +55,7 @@ def relax_commit(session: Session) -> None:
     """Let this transaction's commit return before its WAL reaches disk (Postgres ``synchronous_commit
     = off`` for this transaction only). For writes whose loss in a database crash is harmless — the
     database stays consistent and the work is simply done again — never for a job's submission."""
-    if session.get_bind().dialect.name == "postgresql":
+    if on_postgres(session):
         session.execute(sa.text("SET LOCAL synchronous_commit = off"))
 
 

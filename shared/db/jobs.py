@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from shared.db.common import on_postgres
 from shared.db.llm import request_row
 from shared.db.notify import notify_job_finished
 from shared.db.models import Classifier, Item, Job, LlmRequest, Prediction, utcnow
@@ -110,7 +111,7 @@ _ARRAY_COLUMNS = ("position", "text", "text_hash", "mode", "status", "lease_unti
 
 def _insert_items(session: Session, rows: list[dict]) -> dict[int, int]:
     """Insert a new job's items (rows share job_id, attempts, resends and updated_at); {position: id}."""
-    if session.get_bind().dialect.name != "postgresql":
+    if not on_postgres(session):
         return dict(session.execute(sa.insert(Item).returning(Item.position, Item.id), rows).tuples().all())
     # str() turns StrEnum values into plain text (psycopg would send an Enum's name)
     params = {column: [str(row[column]) if isinstance(row[column], str) else row[column] for row in rows]

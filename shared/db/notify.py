@@ -15,6 +15,8 @@ import uuid
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from shared.db.common import on_postgres
+
 log = logging.getLogger(__name__)
 
 
@@ -25,7 +27,7 @@ def job_channel(job_id: uuid.UUID) -> str:
 
 def notify_job_finished(session: Session, job_id: uuid.UUID) -> None:
     """Queue the job's notification in the caller's transaction (sent by Postgres on commit)."""
-    if session.get_bind().dialect.name == "postgresql":
+    if on_postgres(session):
         session.execute(sa.select(sa.func.pg_notify(job_channel(job_id), "")))
 
 
