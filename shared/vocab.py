@@ -103,6 +103,7 @@ class Precision(StrEnum):
     FP32 = "fp32"
     BF16 = "bf16"  # CPUs with AMX or AVX512-BF16, and CUDA devices that support it
     FP16 = "fp16"  # CUDA only
+    INT8 = "int8"  # ONNX Runtime dynamic int8, CPU only, needs the `onnx` extra; never chosen by auto (lossy)
 
 
 # --- names carried by predictions ---------------------------------------------------------------

@@ -5,6 +5,10 @@ typically a decoder LLM read at its last token, optionally over 4-bit weights (Q
 and bitsandbytes). Either way the best epoch on validation is kept, adapters are merged into a
 16/32-bit copy of the base, and the result is saved as a plain Hugging Face model directory: the
 fine-tuned backbone then serves as an ordinary encoder whose features feed the fusion network.
+
+Training never runs in the spec's precision: trainable weights are fp32 (under bf16 autocast on CUDA),
+and the tuned spec keeps the precision its features are made in. So an ``int8`` spec fine-tunes in
+fp32, and its features come from the saved fp32 directory exported to int8 (ONNX Runtime).
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from shared.encoders.hf import PAD_TO_MULTIPLE_OF, load_tokenizer, pick_device, pool, resolve_model_path
+from shared.encoders.onnx_int8 import require_onnxruntime
 from shared.encoders.spec import EncoderSpec
 from shared.errors import ConfigError, EncoderError
 from shared.metrics import score_logits
-from shared.vocab import FinetuneMethod, values
+from shared.vocab import FinetuneMethod, Precision, values
 
 log = logging.getLogger(__name__)
 @dataclass(frozen=True, kw_only=True)
@@ -87,13 +92,18 @@ def finetune_backbone(
     device: str | None = None,
     on_step: Callable[[int], None] | None = None,
 ) -> FinetuneResult:
-    """Train ``spec``'s model + a linear head on the pooled last layer; save the best backbone in ``out_dir``."""
+    """Train ``spec``'s model + a linear head on the pooled last layer; save the best backbone in ``out_dir``.
+
+    Trains in fp32 whatever ``spec.precision`` is; the returned spec keeps that precision (module docstring).
+    """
     import torch
 
     started = time.perf_counter()
     torch_device = pick_device(device)
     if config.load_in_4bit:
         check_4bit_available(torch_device)
+    if spec.precision == Precision.INT8:
+        require_onnxruntime()  # the tuned backbone's features will need it: say so before training, not after
     torch.manual_seed(config.seed)
     path = resolve_model_path(spec.model)
     tokenizer = load_tokenizer(path)

@@ -17,10 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from shared.encoders.batching import pack_by_tokens
+from shared.encoders.onnx_int8 import load_int8_model
 from shared.encoders.precision import resolve_precision, torch_dtype
 from shared.encoders.spec import EncoderSpec
 from shared.errors import EncoderError
-from shared.vocab import Pooling
+from shared.vocab import Pooling, Precision
 
 MINILM_IDS = ("sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2")
 CHARS_PER_TOKEN_CAP = 32  # cut huge texts before tokenizing: no real token is this long
@@ -121,7 +122,6 @@ class HFEncoder:
     """Frozen transformer encoder producing one feature vector per text for an :class:`EncoderSpec`."""
 
     def __init__(self, spec: EncoderSpec, *, device: str | None = None) -> None:
-        from transformers import AutoModel
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # our own bars show progress; the weight-loading bar is noise
@@ -131,7 +131,7 @@ class HFEncoder:
         path = resolve_model_path(spec.model)
         try:
             self.tokenizer = load_tokenizer(path)
-            self.model = AutoModel.from_pretrained(path, dtype=torch_dtype(self.precision)).to(self.device).eval()
+            self.model = self._load_model(path)
         except EncoderError:
             raise
         except Exception as exc:  # transformers raises OSError, ValueError, KeyError... for bad models
@@ -141,6 +141,15 @@ class HFEncoder:
         self._check_layers(spec.layers)
         self.hidden_size = int(config.hidden_size)
         self.max_length = min(spec.max_length, _model_max_length(self.tokenizer, config))
+
+    def _load_model(self, path: str):
+        """The model in the spec's precision; int8 runs through ONNX Runtime, called and indexed as the
+        torch model is (the fp32 torch model exists only while it is exported, once per machine)."""
+        if self.precision == Precision.INT8:
+            return load_int8_model(path, name=self.spec.model)
+        from transformers import AutoModel
+
+        return AutoModel.from_pretrained(path, dtype=torch_dtype(self.precision)).to(self.device).eval()
 
     def _check_layers(self, layers: tuple[int, ...]) -> None:
         for layer in layers:

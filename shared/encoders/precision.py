@@ -3,6 +3,8 @@
 bf16 is ~2-3x faster than fp32 where the CPU multiplies bf16 natively (AMX, AVX512-BF16) and often
 slower where it does not (pytorch issue 86270), so on a CPU ``auto`` takes bf16 only when the flags
 allow it *and* a short measured check agrees. On CUDA it takes bf16 where supported, else fp16.
+``int8`` (ONNX Runtime, :mod:`shared.encoders.onnx_int8`) is faster still on a CPU, but lossy and
+an optional install, so only a user who asks for it gets it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import functools
 import time
 from pathlib import Path
 
+from shared.encoders.onnx_int8 import require_onnxruntime
 from shared.errors import EncoderError
 from shared.vocab import Precision
 
@@ -81,6 +84,11 @@ def resolve_precision(requested: str, device) -> Precision:
         raise EncoderError(f"precision {requested!r} is not one of {', '.join(p.value for p in Precision)}") from None
     if requested == Precision.FP16 and device.type == "cpu":
         raise EncoderError("precision fp16 is for CUDA devices; on a CPU use bf16 (AMX/AVX512-BF16) or fp32")
+    if requested == Precision.INT8:
+        if device.type != "cpu":
+            raise EncoderError(f"precision int8 is a CPU path (ONNX Runtime) and this encoder runs on {device}: "
+                               "on CUDA use fp16 or bf16 (or auto)")
+        require_onnxruntime()  # refused now, before any training work, rather than at the first encode
     if requested != Precision.AUTO:
         return requested
     if device.type == "cuda":

@@ -157,7 +157,7 @@ def test_a_broker_url_without_a_scheme_is_refused_naming_the_variable():
     ("FUSIONQ_ITEM_LEASE_SECONDS", "1", "2", 2),
     ("FUSIONQ_MAX_ATTEMPTS", "0", "1", 1),
     ("FUSIONQ_SWEEP_INTERVAL", "0", "0.5", 0.5),
-    ("FUSIONQ_ENCODER_PRECISION", "int8", "bf16", Precision.BF16),
+    ("FUSIONQ_ENCODER_PRECISION", "int4", "int8", Precision.INT8),
     ("FUSIONQ_MAX_ATTEMPTS", "five", "5", 5),
 ])
 def test_each_bound_refuses_the_value_just_outside_naming_the_variable(monkeypatch, variable, bad, good, value):
