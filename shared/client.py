@@ -22,7 +22,7 @@ from sqlalchemy.exc import OperationalError
 
 from shared.db.engine import ensure_schema, session_for
 from shared.db.items import job_result_rows
-from shared.db.jobs import as_job_id, flag_counts, get_job
+from shared.db.jobs import as_job_id, flag_counts, get_job, job_with_classifier
 from shared.db.notify import JobListener
 from shared.db.llm import llm_usage_by_source
 from shared.db.models import Classifier
@@ -49,6 +49,18 @@ def _text_list(texts) -> list[str]:
     if not texts:
         raise InputError("no texts to classify: submit at least one")
     return texts
+
+
+def _finished_progress(notice: str | None) -> JobProgress | None:
+    """The progress a job-completion notice carries (see ``shared.db.jobs.progress_payload``), or
+    None: no notice, an empty one (the sweeper's), or anything else unreadable, and the caller looks."""
+    if not notice:
+        return None
+    try:
+        progress = JobProgress.model_validate_json(notice)
+    except ValueError:
+        return None
+    return progress if progress.finished else None
 
 
 def _job_labels(session, job) -> list[str]:
@@ -133,6 +145,8 @@ class FusionqClient:
     def _submit(self, texts: list[str], *, classifier_ref: str | None, mode: str, key: str | None, **job) -> uuid.UUID:
         dispatcher = self.dispatcher  # connect (start the embedded worker) before the job exists
         job_id, sends = store_job(self.settings, texts, classifier_ref=classifier_ref, mode=mode, key=key, **job)
+        if sends:  # subscribed before any worker can finish the job, so wait() need not look first
+            self._listener.listen(job_id)
         for sent, (task, batch) in enumerate(sends):  # only after commit, so a worker always finds the rows
             try:
                 dispatcher.send(task, str(job_id), batch)
@@ -147,8 +161,7 @@ class FusionqClient:
     def progress(self, job_id: uuid.UUID | str) -> JobProgress:
         """Counts and status of a job, from the database."""
         with session_for(self._url) as session:
-            job = get_job(session=session, job_id=job_id)
-            clf = session.get(Classifier, job.classifier_id) if job.classifier_id else None
+            job, clf = job_with_classifier(session=session, job_id=job_id)  # one query: wait() reads this on the hot path
             name = f"{clf.name}@{clf.version}" if clf else f"llm:{job.llm_source}"
             return JobProgress(job_id=job.id, classifier=name, mode=job.mode, status=job.status,
                                n_items=job.n_items, n_done=job.n_done, n_failed=job.n_failed,
@@ -182,8 +195,15 @@ class FusionqClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         look_every = poll if on_progress or not self._listener.notifies else SAFETY_LOOK_SECONDS
         listener = self._listener
+        notice = None
         try:
+            if listener.subscribed(job_id) and on_progress is None:
+                # subscribed since before its messages went out (submit): its end cannot go unseen
+                notice = listener.wait_for(
+                    look_every if deadline is None else max(0.0, min(look_every, deadline - time.monotonic())), job_id)
             while True:
+                if (told := _finished_progress(notice)) is not None:
+                    return told  # the completing commit's notice carries the job's progress: no query
                 listener.listen(job_id)  # before each look (a no-op once subscribed): nothing slips between
                 try:
                     progress = self.progress(job_id)
@@ -202,7 +222,7 @@ class FusionqClient:
                         f"job {job_id} not finished after {timeout:.0f}s ({progress.n_terminal}/{progress.n_items} "
                         "items); are workers running for the embed and fusion queues?"
                     )
-                listener.wait(look_every if left is None else min(look_every, left))
+                notice = listener.wait_for(look_every if left is None else min(look_every, left), job_id)
         finally:
             listener.unlisten(job_id)
 

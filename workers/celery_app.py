@@ -11,7 +11,7 @@ from celery import Celery
 from celery.signals import worker_init, worker_process_init
 from kombu import Queue
 
-from shared.db.engine import dispose_engines
+from shared.db.engine import dispose_engines, test_connections_before_use
 from shared.settings import Settings, get_settings
 from shared.dispatch import TaskName
 from workers import embed, fusion, llm_api, llm_local, maintenance
@@ -80,7 +80,13 @@ def _forget_parent_connections(**_kwargs) -> None:
 
 
 @worker_init.connect
-def _on_worker_start(**_kwargs) -> None:
+def _on_worker_start(sender, **_kwargs) -> None:
+    # A worker process's tasks retry on a dead connection (workers.retry), so no round trip tests
+    # each connection first (prefork children inherit this). The embedded worker shares its
+    # caller's process, whose reads must ride out a restart: it keeps the test.
+    embedded = str(sender.app.conf.broker_url or "").startswith("memory://")
+    if not embedded:
+        test_connections_before_use(False)
     _limit_torch_threads()
 
 

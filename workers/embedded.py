@@ -10,6 +10,7 @@ import os
 import threading
 
 from celery import Celery
+from celery.result import _set_task_join_will_block
 from celery.worker import WorkController
 
 from workers.celery_app import QUEUES
@@ -58,6 +59,9 @@ class EmbeddedWorker:
             self._controller.stop()
             self._thread.join(timeout=30)
             self._controller = self._thread = None
+            # The solo pool marks the whole process as "inside a task" (result.get() refused); it is the
+            # caller's process, which goes on after the worker stops (as celery.contrib.testing does).
+            _set_task_join_will_block(False)
 
     def __enter__(self) -> "EmbeddedWorker":
         return self.start()

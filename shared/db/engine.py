@@ -27,7 +27,22 @@ def make_engine(url: str) -> sa.Engine:
             cur.close()
 
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    return sa.create_engine(url, pool_pre_ping=_PRE_PING, pool_size=5, max_overflow=5)
+
+
+# Whether a pooled connection is tested (a round trip) before each use. Callers keep it: a CLI or a
+# client rides out a Postgres restart without an error. Workers turn it off (workers.celery_app):
+# a task on a dead connection fails with OperationalError, SQLAlchemy then drops the whole pool,
+# and the task's retry (workers.retry) runs on a fresh one; that saves two round trips per task.
+_PRE_PING = True
+
+
+def test_connections_before_use(enabled: bool) -> None:
+    """Set this process's pre-ping for engines made from now on (and forget the ones made before)."""
+    global _PRE_PING
+    if enabled != _PRE_PING:
+        _PRE_PING = enabled
+        dispose_engines()
 
 
 # One engine and sessionmaker per URL per process, created on first use (never in a prefork parent).

@@ -6,6 +6,7 @@ Every write is bulk and idempotent: a second run of the same call changes nothin
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -13,8 +14,10 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from shared.db.common import ClaimedItem, insert_ignoring_conflicts
-from shared.db.models import Item, ItemFeatures, Prediction, utcnow
+from shared.db.common import ClaimedItem, insert_ignoring_conflicts, on_postgres
+from shared.db.jobs import job_with_classifier
+from shared.db.models import Classifier, Item, ItemFeatures, Job, Prediction, utcnow
+from shared.errors import JobNotFound
 from shared.dispatch import chunks
 from shared.vocab import OPEN_ITEM_STATUSES, WAITING_FOR_AGGREGATOR, ItemStatus
 
@@ -43,6 +46,50 @@ def claim_pending(*, session: Session, item_ids: Sequence[int], lease_seconds: i
         .returning(items.c.id, items.c.text, items.c.mode)).all()
     order = {item_id: n for n, item_id in enumerate(item_ids)}
     return sorted((ClaimedItem(id=r.id, text=r.text, mode=r.mode) for r in rows), key=lambda c: order.get(c.id, 0))
+
+
+def claim_job_items(*, session: Session, job_id: uuid.UUID, item_ids: Sequence[int], lease_seconds: int
+                    ) -> tuple[Job, Classifier | None, list[ClaimedItem]]:
+    """The job, its classifier and the still-pending items among ``item_ids``, claimed (an attempt
+    counted, leased) as :func:`claim_pending` does.
+
+    On Postgres one statement does it all, the claim as a data-modifying CTE, and it lets the
+    commit return before its WAL is on disk (a claim lost with a crashed Postgres only forgets an
+    attempt): one round trip where a one-text job spent four."""
+    if not on_postgres(session):
+        job, classifier = job_with_classifier(session=session, job_id=job_id)
+        return job, classifier, claim_pending(session=session, item_ids=item_ids, lease_seconds=lease_seconds)
+    now = utcnow()
+    rows = session.execute(_claim_with_job_statement(), {
+        "the_job": job_id, "the_ids": list(item_ids), "the_time": now,
+        "the_lease": now + dt.timedelta(seconds=lease_seconds),
+    }).all()
+    if not rows:
+        raise JobNotFound(f"no job {job_id}")
+    order = {item_id: n for n, item_id in enumerate(item_ids)}
+    taken = sorted((ClaimedItem(id=r[2], text=r[3], mode=r[4]) for r in rows if r[2] is not None),
+                   key=lambda c: order.get(c.id, 0))
+    return rows[0][0], rows[0][1], taken
+
+
+@functools.cache
+def _claim_with_job_statement():
+    """:func:`claim_job_items`' statement, built once: constructing it cost more than running it.
+    The ids travel as one array, so every batch size shares one prepared statement. (Parameters
+    named after columns would become SET clauses of the UPDATE, hence ``the_``.)"""
+    from sqlalchemy.dialects.postgresql import ARRAY
+
+    items = Item.__table__
+    claimed = (sa.update(items)
+               .where(items.c.id == sa.any_(sa.bindparam("the_ids", type_=ARRAY(sa.BigInteger))),
+                      items.c.job_id == sa.bindparam("the_job"), items.c.status == ItemStatus.PENDING.value)
+               .values(attempts=items.c.attempts + 1, lease_until=sa.bindparam("the_lease"),
+                       updated_at=sa.bindparam("the_time"))
+               .returning(items.c.id, items.c.text, items.c.mode).cte("claimed"))
+    return (sa.select(Job, Classifier, claimed.c.id, claimed.c.text, claimed.c.mode,
+                      sa.func.set_config("synchronous_commit", "off", True))
+            .add_cte(claimed).outerjoin(Classifier, Classifier.id == Job.classifier_id).outerjoin(claimed, sa.true())
+            .where(Job.id == sa.bindparam("the_job")))
 
 
 def store_features(*, session: Session, encoder_key: str, vectors: dict[int, bytes], dim: int,
@@ -82,11 +129,20 @@ def store_predictions(*, session: Session, rows: Sequence[dict],
     ``from_statuses``: where the items may come from (the embed stage finishes fast items straight
     from pending). Core statements on the session's connection: the hot path skips the ORM."""
     insert_ignoring_conflicts(session, Prediction, rows, keys=("item_id",))
-    items = Item.__table__
-    moved = session.connection().execute(
-        sa.update(items).where(items.c.id.in_([r["item_id"] for r in rows]), items.c.status.in_(from_statuses))
-        .values(status=ItemStatus.DONE, updated_at=utcnow()).returning(items.c.id))
+    moved = session.connection().execute(_finish_statement(), {
+        "the_ids": [r["item_id"] for r in rows], "from_statuses": [str(s) for s in from_statuses], "the_time": utcnow()})
     return len(moved.all())
+
+
+@functools.cache
+def _finish_statement():
+    """:func:`store_predictions`' UPDATE of the items, built once (expanding lists suit both dialects)."""
+    items = Item.__table__
+    return (sa.update(items)
+            .where(items.c.id.in_(sa.bindparam("the_ids", expanding=True)),
+                   items.c.status.in_(sa.bindparam("from_statuses", expanding=True)))
+            .values(status=ItemStatus.DONE.value, updated_at=sa.bindparam("the_time", type_=items.c.updated_at.type))
+            .returning(items.c.id))
 
 
 def job_result_rows(*, session: Session, job_id: uuid.UUID) -> list[tuple[Item, Prediction | None]]:

@@ -7,6 +7,7 @@ Texts arrive already checked (``shared.service.submit``): the store validates no
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from shared.db.common import on_postgres
 from shared.db.llm import request_row
-from shared.db.notify import notify_job_finished
+from shared.db.notify import job_channel_of, notify_expression, notify_job_finished
 from shared.db.models import Classifier, Item, Job, LlmRequest, Prediction, utcnow
 from shared.errors import IdempotencyConflict, JobNotFound
 from shared.vocab import OPEN_ITEM_STATUSES, ItemStatus, JobStatus, Mode, RequestReason
@@ -135,8 +136,12 @@ def job_for_idempotency_key(session: Session, key: str, classifier: Classifier |
 def get_job(*, session: Session, job_id: uuid.UUID | str) -> Job:
     job = session.get(Job, as_job_id(job_id))
     if job is None:
-        raise JobNotFound(f"no job {job_id}: check the id, or the database URL (FUSIONQ_DATABASE_URL)")
+        raise _not_found(job_id)
     return job
+
+
+def _not_found(job_id) -> JobNotFound:
+    return JobNotFound(f"no job {job_id}: check the id, or the database URL (FUSIONQ_DATABASE_URL)")
 
 
 def as_job_id(job_id: uuid.UUID | str) -> uuid.UUID:
@@ -156,7 +161,7 @@ def job_with_classifier(*, session: Session, job_id: uuid.UUID | str) -> tuple[J
         .where(Job.id == as_job_id(job_id))
     ).first()
     if row is None:
-        raise JobNotFound(f"no job {job_id}")
+        raise _not_found(job_id)
     return row[0], row[1]
 
 
@@ -180,21 +185,44 @@ def count_finished(*, session: Session, job_id: uuid.UUID, done: int = 0, failed
     """
     if not (done or failed):
         return None
-    now = utcnow()
-    jobs = Job.__table__  # Core on the session's connection: the hot path skips the ORM
-    finished = jobs.c.n_done + jobs.c.n_failed + (done + failed) >= jobs.c.n_items  # SET reads the old values
-    row = session.connection().execute(
-        sa.update(jobs).where(jobs.c.id == job_id).values(
-            n_done=jobs.c.n_done + done, n_failed=jobs.c.n_failed + failed, updated_at=now,
-            status=sa.case((finished, JobStatus.COMPLETED.value),
-                           (jobs.c.status == JobStatus.QUEUED, JobStatus.RUNNING.value), else_=jobs.c.status),
-            finished_at=sa.case((sa.and_(finished, jobs.c.finished_at.is_(None)), now), else_=jobs.c.finished_at))
-        .returning(jobs.c.status, jobs.c.n_done, jobs.c.n_failed, jobs.c.n_items)).one_or_none()
+    row = session.connection().execute(_count_statement(on_postgres(session)), {
+        "the_job": job_id, "added_done": done, "added_failed": failed, "the_time": utcnow()}).one_or_none()
     if row is None:
         raise JobNotFound(f"no job {job_id}")
-    if row.status == JobStatus.COMPLETED and row.n_done + row.n_failed - done - failed < row.n_items:
-        notify_job_finished(session, job_id)  # this transaction is the one that completes it
     return row.status
+
+
+@functools.cache
+def _count_statement(postgres: bool):
+    """:func:`count_finished`' UPDATE, built once per dialect (building it cost more than running it).
+    Parameters are named apart from the columns, which would otherwise become SET clauses."""
+    jobs = Job.__table__  # Core on the session's connection: the hot path skips the ORM
+    added = sa.bindparam("added_done", type_=sa.Integer) + sa.bindparam("added_failed", type_=sa.Integer)
+    now = sa.bindparam("the_time", type_=jobs.c.updated_at.type)
+    finished = jobs.c.n_done + jobs.c.n_failed + added >= jobs.c.n_items  # SET reads the old values
+    returned = [jobs.c.status, jobs.c.n_done, jobs.c.n_failed, jobs.c.n_items]
+    if postgres:  # RETURNING sees the new values: this update is the one that completes the job
+        completes = sa.and_(jobs.c.status == JobStatus.COMPLETED.value, jobs.c.n_done + jobs.c.n_failed - added < jobs.c.n_items)
+        returned.append(sa.case((completes, notify_expression(job_channel_of(jobs.c.id), progress_payload(jobs))),
+                                else_=None))  # the notice rides on this statement: no round trip of its own
+    return (sa.update(jobs).where(jobs.c.id == sa.bindparam("the_job")).values(
+        n_done=jobs.c.n_done + sa.bindparam("added_done", type_=sa.Integer),
+        n_failed=jobs.c.n_failed + sa.bindparam("added_failed", type_=sa.Integer), updated_at=now,
+        status=sa.case((finished, JobStatus.COMPLETED.value),
+                       (jobs.c.status == JobStatus.QUEUED.value, JobStatus.RUNNING.value), else_=jobs.c.status),
+        finished_at=sa.case((sa.and_(finished, jobs.c.finished_at.is_(None)), now), else_=jobs.c.finished_at))
+        .returning(*returned))
+
+
+def progress_payload(jobs: sa.Table):
+    """The job's progress as JSON text, built by Postgres from the row an UPDATE ... RETURNING sees
+    (:func:`shared.db.notify.notify_expression`'s payload; the client reads it as a JobProgress)."""
+    classifier = (sa.select(Classifier.name + "@" + sa.cast(Classifier.version, sa.Text))
+                  .where(Classifier.id == jobs.c.classifier_id).scalar_subquery())
+    return sa.cast(sa.func.json_build_object(
+        "job_id", jobs.c.id, "classifier", sa.func.coalesce(classifier, "llm:" + jobs.c.llm_source),
+        "mode", jobs.c.mode, "status", jobs.c.status, "n_items", jobs.c.n_items, "n_done", jobs.c.n_done,
+        "n_failed", jobs.c.n_failed, "created_at", jobs.c.created_at, "finished_at", jobs.c.finished_at), sa.Text)
 
 
 def refresh_job(*, session: Session, job_id: uuid.UUID) -> Job:

@@ -25,30 +25,57 @@ def job_channel(job_id: uuid.UUID) -> str:
     return f"fusionq_job_{job_id.hex}"
 
 
+def job_channel_of(job_id_column):
+    """:func:`job_channel` computed by Postgres from a job id column (for statements built once)."""
+    return sa.func.concat("fusionq_job_", sa.func.replace(sa.cast(job_id_column, sa.Text), "-", ""))
+
+
+def notify_expression(channel, payload=""):
+    """``pg_notify`` on ``channel`` (a name, or an expression such as :func:`job_channel_of`), as an
+    expression: a statement that completes a job can queue its notice itself (Postgres sends it
+    when the transaction commits). ``payload``: text, or a text expression, the waiter receives;
+    the stages send the finished job's progress, so the waiter needs no query of its own."""
+    return sa.func.pg_notify(channel, payload)
+
+
 def notify_job_finished(session: Session, job_id: uuid.UUID) -> None:
     """Queue the job's notification in the caller's transaction (sent by Postgres on commit)."""
     if on_postgres(session):
-        session.execute(sa.select(sa.func.pg_notify(job_channel(job_id), "")))
+        session.execute(sa.select(notify_expression(job_channel(job_id))))
+
+
+# Channels one listener keeps at most: a job submitted but never waited on is unsubscribed once
+# this many newer ones are (its waiter, if it comes, then looks before it waits, as for any job).
+MAX_CHANNELS = 1000
 
 
 class JobListener:
     """Waits for job notifications on one dedicated autocommit connection (Postgres), or sleeps.
 
-    Opened once per client and reused: :meth:`listen` subscribes to a job's channel before the
-    caller's first look at it, :meth:`unlisten` drops it. A lost connection (a database restart)
-    degrades to sleeping and is reopened on the next :meth:`listen`: the caller keeps looking at
-    the job, so a notification missed then costs at most one wait, never a hang.
+    Opened once per client and reused: :meth:`listen` subscribes to a job's channel before anyone
+    could finish the job unseen (the client does it before sending the job's messages) or before
+    the caller's first look at it. :meth:`unlisten` is deferred and sent with the next LISTEN, so a
+    wait costs no round trip of its own. A notification for another subscribed job is remembered
+    for that job's wait. A lost connection (a database restart) degrades to sleeping and is
+    reopened on the next :meth:`listen`: the caller keeps looking at the job, so a notification
+    missed then costs at most one wait, never a hang.
     """
 
     def __init__(self, url: str) -> None:
         self._url = sa.make_url(url)
         self._connection = None
-        self._channels: set[str] = set()
+        self._channels: dict[str, None] = {}  # subscribed, oldest first
+        self._stale: list[str] = []  # to UNLISTEN with the next command
+        self._told: dict[str, str] = {}  # channel -> payload, notified while another job was awaited
 
     @property
     def notifies(self) -> bool:
         """Whether this database can tell a waiter (Postgres); elsewhere :meth:`wait` only sleeps."""
         return self._url.get_backend_name() == "postgresql"
+
+    def subscribed(self, job_id: uuid.UUID) -> bool:
+        """Whether the job's channel is listened to now (so its completion cannot go unseen)."""
+        return self._connection is not None and job_channel(job_id) in self._channels
 
     def listen(self, job_id: uuid.UUID) -> None:
         if not self.notifies:
@@ -61,43 +88,60 @@ class JobListener:
                 conninfo = self._url.set(drivername="postgresql").render_as_string(hide_password=False)
                 self._connection = psycopg.connect(conninfo, autocommit=True, connect_timeout=5)
                 self._channels.clear()
+                self._stale.clear()
             if channel not in self._channels:
-                self._connection.execute(f'LISTEN "{channel}"')
-                self._channels.add(channel)
+                while len(self._channels) >= MAX_CHANNELS:
+                    self._stale.append(next(iter(self._channels)))
+                    self._channels.pop(self._stale[-1])
+                commands = [f'UNLISTEN "{old}"' for old in self._stale if old != channel] + [f'LISTEN "{channel}"']
+                self._connection.execute("; ".join(commands))  # no parameters: one round trip for them all
+                self._stale.clear()
+                self._channels[channel] = None
         except psycopg.Error as exc:
             log.warning("cannot LISTEN for job completion (%s); polling instead", exc)
             self.close()
 
     def unlisten(self, job_id: uuid.UUID) -> None:
         channel = job_channel(job_id)
-        if self._connection is None or channel not in self._channels:
-            return
-        import psycopg
+        self._told.pop(channel, None)
+        if channel in self._channels:
+            del self._channels[channel]
+            self._stale.append(channel)
 
-        try:
-            self._connection.execute(f'UNLISTEN "{channel}"')
-            self._channels.discard(channel)
-        except psycopg.Error:
-            self.close()
+    def wait(self, timeout: float, job_id: uuid.UUID | None = None) -> bool:
+        """Block until a notification arrives (True) or ``timeout`` passes (False): for ``job_id``
+        when given, else on any listened channel."""
+        return self.wait_for(timeout, job_id) is not None
 
-    def wait(self, timeout: float) -> bool:
-        """Block until a notification on a listened channel arrives (True) or ``timeout`` passes (False)."""
+    def wait_for(self, timeout: float, job_id: uuid.UUID | None = None) -> str | None:
+        """The payload of the next notification (for ``job_id`` when given, else on any listened
+        channel), or None when ``timeout`` passes first."""
         if self._connection is None:
             time.sleep(timeout)
-            return False
+            return None
         import psycopg
 
+        wanted = None if job_id is None else job_channel(job_id)
+        if wanted in self._told:
+            return self._told.pop(wanted)
+        deadline = time.monotonic() + timeout
         try:
-            for _ in self._connection.notifies(timeout=timeout, stop_after=1):
-                return True
-            return False
+            while (left := deadline - time.monotonic()) > 0:
+                for note in self._connection.notifies(timeout=left, stop_after=1):
+                    if wanted is None or note.channel == wanted:
+                        return note.payload
+                    if note.channel in self._channels:
+                        self._told[note.channel] = note.payload
+            return None
         except psycopg.Error as exc:
             log.warning("lost the job-completion listener (%s); polling instead", exc)
             self.close()
-            return False
+            return None
 
     def close(self) -> None:
         self._channels.clear()
+        self._stale.clear()
+        self._told.clear()
         if self._connection is not None:
             try:
                 self._connection.close()

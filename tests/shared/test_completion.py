@@ -102,3 +102,60 @@ def test_the_listener_without_postgres_sleeps_and_a_dead_one_degrades(sqlite_set
     assert listener.wait(10)
     listener.unlisten(job_id)
     listener.close()
+
+
+def _finish(url, job_id, item_id):
+    with session_for(url) as session, session.begin():
+        session.execute(sa.update(Item).where(Item.id == item_id).values(status="done"))
+        count_finished(session=session, job_id=job_id, done=1)
+
+
+def test_a_wait_for_one_job_keeps_another_jobs_notification_for_its_own_wait(pg_settings):
+    url = pg_settings.effective_database_url
+    (first, (first_item,)), (second, (second_item,)) = (_submit(pg_settings, [t], classifier=False) for t in "ab")
+    with JobListener(url) as listener:
+        listener.listen(first)
+        listener.listen(second)
+        _finish(url, second, second_item)
+        assert not listener.wait(0.5, first)  # the second job's notification does not wake the first's waiter
+        assert listener.wait(0.01, second)  # ... it was kept for the second's
+        _finish(url, first, first_item)
+        assert listener.wait(10, first)
+
+
+def test_unlisten_is_sent_with_the_next_listen_and_channels_are_capped(pg_settings, monkeypatch):
+    import shared.db.notify as notify
+
+    monkeypatch.setattr(notify, "MAX_CHANNELS", 2)
+    url = pg_settings.effective_database_url
+    jobs = [_submit(pg_settings, [t], classifier=False) for t in "abc"]
+    with JobListener(url) as listener:
+        listener.listen(jobs[0][0])
+        listener.unlisten(jobs[0][0])
+        assert not listener.subscribed(jobs[0][0])
+        listener.listen(jobs[1][0])  # sends the first job's UNLISTEN too
+        listener.listen(jobs[2][0])
+        listener.listen(uuid.uuid4())  # a third channel: the oldest (job 1) is dropped
+        assert not listener.subscribed(jobs[1][0]) and listener.subscribed(jobs[2][0])
+        listened = {row[0] for row in listener._connection.execute("SELECT pg_listening_channels()")}
+        assert listened == set(listener._channels)
+        for job_id, (item_id,) in jobs:
+            _finish(url, job_id, item_id)
+        assert listener.wait(10, jobs[2][0])
+        assert not listener.wait(0.5)  # nothing from the unsubscribed jobs
+
+
+def test_a_client_subscribes_at_submit_and_its_wait_reads_the_notice_not_the_job(pg_settings, tiny_bert_path, monkeypatch):
+    from shared.client import FusionqClient
+    from workers.dispatch import dispatcher_for
+
+    train_topics(pg_settings, tiny_bert_path)
+    looks = []
+    with FusionqClient(pg_settings, dispatcher_factory=dispatcher_for) as client:
+        job_id = client.submit(["a text about markets"], "topics")
+        assert client._listener.subscribed(job_id)
+        progress = FusionqClient.progress
+        monkeypatch.setattr(FusionqClient, "progress", lambda self, j: looks.append(j) or progress(self, j))
+        told = client.wait(job_id, timeout=60)
+        assert looks == []  # woken by the completing commit, whose notice carries the job's progress
+        assert told.finished and told == progress(client, job_id)  # ... the same as a look would give
