@@ -53,23 +53,24 @@ def claim_job_items(*, session: Session, job_id: uuid.UUID, item_ids: Sequence[i
     """The job, its classifier and the still-pending items among ``item_ids``, claimed (an attempt
     counted, leased) as :func:`claim_pending` does.
 
-    On Postgres one statement does it all, the claim as a data-modifying CTE, and it lets the
-    commit return before its WAL is on disk (a claim lost with a crashed Postgres only forgets an
-    attempt): one round trip where a one-text job spent four."""
+    On Postgres one statement does it all (the claim is a data-modifying CTE) and lets the commit
+    return before its WAL is on disk: a claim lost with a crashed Postgres only forgets an attempt.
+    The job and classifier come once, the claimed items as arrays, so their JSON is parsed once."""
     if not on_postgres(session):
         job, classifier = job_with_classifier(session=session, job_id=job_id)
         return job, classifier, claim_pending(session=session, item_ids=item_ids, lease_seconds=lease_seconds)
     now = utcnow()
-    rows = session.execute(_claim_with_job_statement(), {
+    row = session.execute(_claim_with_job_statement(), {
         "the_job": job_id, "the_ids": list(item_ids), "the_time": now,
         "the_lease": now + dt.timedelta(seconds=lease_seconds),
-    }).all()
-    if not rows:
+    }).first()
+    if row is None:
         raise JobNotFound(f"no job {job_id}")
+    job, classifier, ids, texts, modes = row[:5]
     order = {item_id: n for n, item_id in enumerate(item_ids)}
-    taken = sorted((ClaimedItem(id=r[2], text=r[3], mode=r[4]) for r in rows if r[2] is not None),
+    taken = sorted((ClaimedItem(id=i, text=t, mode=m) for i, t, m in zip(ids or (), texts or (), modes or ())),
                    key=lambda c: order.get(c.id, 0))
-    return rows[0][0], rows[0][1], taken
+    return job, classifier, taken
 
 
 @functools.cache
@@ -77,7 +78,7 @@ def _claim_with_job_statement():
     """:func:`claim_job_items`' statement, built once: constructing it cost more than running it.
     The ids travel as one array, so every batch size shares one prepared statement. (Parameters
     named after columns would become SET clauses of the UPDATE, hence ``the_``.)"""
-    from sqlalchemy.dialects.postgresql import ARRAY
+    from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 
     items = Item.__table__
     claimed = (sa.update(items)
@@ -86,9 +87,13 @@ def _claim_with_job_statement():
                .values(attempts=items.c.attempts + 1, lease_until=sa.bindparam("the_lease"),
                        updated_at=sa.bindparam("the_time"))
                .returning(items.c.id, items.c.text, items.c.mode).cte("claimed"))
-    return (sa.select(Job, Classifier, claimed.c.id, claimed.c.text, claimed.c.mode,
-                      sa.func.set_config("synchronous_commit", "off", True))
-            .add_cte(claimed).outerjoin(Classifier, Classifier.id == Job.classifier_id).outerjoin(claimed, sa.true())
+
+    def claimed_column(column):  # one array per column, all in id order
+        return sa.select(sa.func.array_agg(aggregate_order_by(column, claimed.c.id))).scalar_subquery()
+
+    return (sa.select(Job, Classifier, claimed_column(claimed.c.id), claimed_column(claimed.c.text),
+                      claimed_column(claimed.c.mode), sa.func.set_config("synchronous_commit", "off", True))
+            .add_cte(claimed).outerjoin(Classifier, Classifier.id == Job.classifier_id)
             .where(Job.id == sa.bindparam("the_job")))
 
 
