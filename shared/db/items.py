@@ -15,9 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from shared.db.common import ClaimedItem, insert_ignoring_conflicts, on_postgres
-from shared.db.jobs import job_with_classifier
+from shared.db.jobs import job_not_found, job_with_classifier
 from shared.db.models import Classifier, Item, ItemFeatures, Job, Prediction, utcnow
-from shared.errors import JobNotFound
 from shared.dispatch import chunks
 from shared.vocab import OPEN_ITEM_STATUSES, WAITING_FOR_AGGREGATOR, ItemStatus
 
@@ -65,7 +64,7 @@ def claim_job_items(*, session: Session, job_id: uuid.UUID, item_ids: Sequence[i
         "the_lease": now + dt.timedelta(seconds=lease_seconds),
     }).first()
     if row is None:
-        raise JobNotFound(f"no job {job_id}")
+        raise job_not_found(job_id)
     job, classifier, ids, texts, modes = row[:5]
     order = {item_id: n for n, item_id in enumerate(item_ids)}
     taken = sorted((ClaimedItem(id=i, text=t, mode=m) for i, t, m in zip(ids or (), texts or (), modes or ())),

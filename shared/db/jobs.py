@@ -136,11 +136,12 @@ def job_for_idempotency_key(session: Session, key: str, classifier: Classifier |
 def get_job(*, session: Session, job_id: uuid.UUID | str) -> Job:
     job = session.get(Job, as_job_id(job_id))
     if job is None:
-        raise _not_found(job_id)
+        raise job_not_found(job_id)
     return job
 
 
-def _not_found(job_id) -> JobNotFound:
+def job_not_found(job_id) -> JobNotFound:
+    """The one error every lookup of a missing job raises, with what to check."""
     return JobNotFound(f"no job {job_id}: check the id, or the database URL (FUSIONQ_DATABASE_URL)")
 
 
@@ -161,7 +162,7 @@ def job_with_classifier(*, session: Session, job_id: uuid.UUID | str) -> tuple[J
         .where(Job.id == as_job_id(job_id))
     ).first()
     if row is None:
-        raise _not_found(job_id)
+        raise job_not_found(job_id)
     return row[0], row[1]
 
 
@@ -170,7 +171,7 @@ def lock_job(*, session: Session, job_id: uuid.UUID) -> Job:
     job = session.scalars(sa.select(Job).where(Job.id == job_id).with_for_update()
                           .execution_options(populate_existing=True)).first()  # fresh values, read under the lock
     if job is None:
-        raise JobNotFound(f"no job {job_id}")
+        raise job_not_found(job_id)
     return job
 
 
@@ -188,7 +189,7 @@ def count_finished(*, session: Session, job_id: uuid.UUID, done: int = 0, failed
     row = session.connection().execute(_count_statement(on_postgres(session)), {
         "the_job": job_id, "added_done": done, "added_failed": failed, "the_time": utcnow()}).one_or_none()
     if row is None:
-        raise JobNotFound(f"no job {job_id}")
+        raise job_not_found(job_id)
     return row.status
 
 
