@@ -145,7 +145,11 @@ def export_int8(path: str, target: Path, *, name: str) -> None:
     The quantized model is written under a temporary name beside ``target`` and renamed onto it
     (atomic on one file system), so a crash never leaves a partial file under the name that is loaded.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EncoderError(f"cannot create the int8 model cache {target.parent} ({exc.strerror}): point {CACHE_ENV} at "
+                           "a writable folder") from exc
     log.info("exporting encoder %s to int8 ONNX (once; cached as %s)", name, target)
     with tempfile.TemporaryDirectory(prefix="fusionq-onnx-") as work:
         fp32_file = Path(work) / "model.fp32.onnx"

@@ -175,6 +175,14 @@ def test_a_model_that_cannot_be_exported_is_named_with_the_cause(tiny_bert_path,
         HFEncoder(EncoderSpec(model=tiny_bert_path, precision="int8"))
 
 
+def test_a_cache_folder_that_cannot_be_made_names_the_setting(tiny_bert_path, tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv(onnx_int8.CACHE_ENV, str(blocker / "cache"))
+    with pytest.raises(EncoderError, match=onnx_int8.CACHE_ENV):
+        HFEncoder(EncoderSpec(model=tiny_bert_path, precision="int8"))
+
+
 def test_int8_is_refused_on_cuda_and_without_onnxruntime(tiny_bert_path, monkeypatch):
     cpu = torch.device("cpu")
     assert resolve_precision("int8", cpu) == "int8"
