@@ -22,6 +22,14 @@ DEFAULT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
 REDIS_SCHEMES = ("redis://", "rediss://", "sentinel://")
 
 
+EMBEDDED_BROKER_URL = "memory://"
+
+
+def is_in_process_broker(url: str | None) -> bool:
+    """Whether a broker URL is the in-memory one: the broker, and so the worker, live in this process."""
+    return str(url or "").startswith(EMBEDDED_BROKER_URL)
+
+
 class Settings(BaseSettings):
     """All configuration of a fusionq process. Build with :func:`get_settings`."""
 
@@ -103,11 +111,11 @@ class Settings(BaseSettings):
     @property
     def embedded(self) -> bool:
         """True when the broker lives in this process, so this process must run the worker too."""
-        return self.effective_broker_url.startswith("memory://")
+        return is_in_process_broker(self.effective_broker_url)
 
     @property
     def effective_broker_url(self) -> str:
-        return self.broker_url or "memory://"
+        return self.broker_url or EMBEDDED_BROKER_URL
 
     @property
     def effective_database_url(self) -> str:

@@ -12,7 +12,7 @@ from celery.signals import worker_init, worker_process_init
 from kombu import Queue
 
 from shared.db.engine import dispose_engines, test_connections_before_use
-from shared.settings import Settings, get_settings
+from shared.settings import Settings, get_settings, is_in_process_broker
 from shared.dispatch import TaskName
 from workers import embed, fusion, llm_api, llm_local, maintenance
 
@@ -84,8 +84,7 @@ def _on_worker_start(sender, **_kwargs) -> None:
     # A worker process's tasks retry on a dead connection (workers.retry), so no round trip tests
     # each connection first (prefork children inherit this). The embedded worker shares its
     # caller's process, whose reads must ride out a restart: it keeps the test.
-    embedded = str(sender.app.conf.broker_url or "").startswith("memory://")
-    if not embedded:
+    if not is_in_process_broker(sender.app.conf.get("broker_url")):
         test_connections_before_use(False)
     _limit_torch_threads()
 
