@@ -153,8 +153,9 @@ class FusionqClient:
             except BrokerUnavailable as exc:
                 raise BrokerUnavailable(
                     f"job {job_id} is stored, but {len(sends) - sent} of its {len(sends)} messages were not enqueued: "
-                    f"{exc}. Nothing is lost: once the broker is back, the sweeper re-sends them within "
-                    f"FUSIONQ_ITEM_LEASE_SECONDS={self.settings.item_lease_seconds}s; follow it with `fusionq job {job_id}`"
+                    f"{exc}. Nothing is lost: once the broker is back, the sweeper finds them missing there and re-sends "
+                    f"them within ~{self.settings.item_lease_seconds + self.settings.sweep_interval:.0f}s "
+                    f"(FUSIONQ_ITEM_LEASE_SECONDS + FUSIONQ_SWEEP_INTERVAL); follow it with `fusionq job {job_id}`"
                 ) from None
         return job_id
 

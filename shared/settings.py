@@ -68,9 +68,10 @@ class Settings(BaseSettings):
     llm_batch_items: int = Field(default=32, ge=1, description="Items per LLM scoring task.")
     task_time_limit: int = Field(default=600, ge=10, description="Hard time limit of one task, seconds.")
     visibility_timeout: int = Field(default=3600, ge=60, description="Redis visibility timeout, seconds; with a Redis broker it must be at least twice the task time limit.")
-    item_lease_seconds: int = Field(default=900, ge=2, description="How long an enqueued item may wait before the sweeper may re-enqueue it.")
+    item_lease_seconds: int = Field(default=15, ge=3, description="A worker's hold on the work it claimed, renewed every third of it while it works; a claim not renewed in time (worker killed, paused, cut off) is sent again. Also the grace before queued work that no broker message carries counts as lost. Queued work may wait any time.")
     max_attempts: int = Field(default=5, ge=1, description="Deliveries of one item (or LLM request) before the sweeper dead-letters it with its error.")
-    sweep_interval: float = Field(default=60.0, gt=0, description="Seconds between sweeps (celery beat on the maintenance queue).")
+    sweep_interval: float = Field(default=10.0, gt=0, description="Seconds between sweeps (celery beat on the maintenance queue; the embedded worker sweeps on the same interval).")
+    worker_max_memory_mb: int | None = Field(default=4096, ge=64, description="A worker process whose resident memory passes this after a task is replaced: prefork children by Celery, a solo (embed) worker by a warm shutdown that its supervisor restarts. Unset: never.")
     escalation_tiers: str = Field(default="local,api", description="LLM tiers of auto/full modes, cheapest first: source[@threshold],... Unset threshold: the classifier's calibrated one.")
 
     @field_validator("database_url")

@@ -7,14 +7,21 @@ the client's settings.
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
+
 from celery import Celery
-from celery.signals import worker_init, worker_process_init
+from celery.signals import task_postrun, worker_init, worker_process_init
 from kombu import Queue
 
 from shared.db.engine import dispose_engines, test_connections_before_use
 from shared.settings import Settings, get_settings, is_in_process_broker
 from shared.dispatch import TaskName
 from workers import embed, fusion, llm_api, llm_local, maintenance
+from workers.memory import resident_mb
+
+log = logging.getLogger(__name__)
 
 QUEUES = ("embed", "llm_local", "llm_api", "fusion", "maintenance")
 TASK_ROUTES = {
@@ -57,6 +64,9 @@ def create_app(settings: Settings) -> Celery:
                                   # worker between messages; a poll of an in-process dict costs nothing
                                   **({"polling_interval": EMBEDDED_POLL_SECONDS} if settings.embedded else {})},
         broker_connection_retry_on_startup=True,
+        # Recycling: Celery replaces a prefork child past this (KiB); a solo or threads worker stops
+        # itself after its task (_recycle_when_over_memory) and its supervisor starts a fresh one.
+        worker_max_memory_per_child=settings.worker_max_memory_mb * 1024 if settings.worker_max_memory_mb else None,
         worker_send_task_events=True,
         task_send_sent_event=True,
         worker_hijack_root_logger=False,
@@ -72,11 +82,33 @@ def create_app(settings: Settings) -> Celery:
     return app
 
 
+_IN_PREFORK_CHILD = False
+
+
 @worker_process_init.connect
 def _forget_parent_connections(**_kwargs) -> None:
     # A prefork child must open its own database connections; models load lazily on first use.
+    global _IN_PREFORK_CHILD
+    _IN_PREFORK_CHILD = True
     dispose_engines()
     _limit_torch_threads()
+
+
+@task_postrun.connect
+def _recycle_when_over_memory(sender=None, **_kwargs) -> None:
+    """A solo or threads worker (the task ran in the worker's own process) past the memory limit asks
+    itself for a warm shutdown: the task is finished and acknowledged, nothing is lost, and the
+    supervisor (compose's restart policy, Kubernetes) starts a fresh process. Prefork children are
+    Celery's to replace; the embedded worker lives in the caller's process and is never stopped."""
+    app = getattr(sender, "app", None)
+    limit_kib = app.conf.get("worker_max_memory_per_child") if app is not None else None
+    if not limit_kib or _IN_PREFORK_CHILD or is_in_process_broker(app.conf.get("broker_url")):
+        return
+    resident = resident_mb()
+    if resident is not None and resident * 1024 > limit_kib:
+        log.warning("worker uses %.0f MB, over FUSIONQ_WORKER_MAX_MEMORY_MB=%d: warm shutdown for a fresh process",
+                    resident, limit_kib // 1024)
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 @worker_init.connect

@@ -56,9 +56,9 @@ class CeleryDispatcher:
 class EmbeddedDispatcher(CeleryDispatcher):
     """A Celery app on ``memory://`` whose worker runs in this process; stopped by :meth:`close`."""
 
-    def __init__(self, app: Celery) -> None:
+    def __init__(self, app: Celery, *, sweep_interval: float | None = None) -> None:
         super().__init__(app, check=False)
-        self.worker = EmbeddedWorker(app).start()
+        self.worker = EmbeddedWorker(app, sweep_interval=sweep_interval).start()
 
     def close(self) -> None:
         self.worker.stop()
@@ -68,4 +68,4 @@ class EmbeddedDispatcher(CeleryDispatcher):
 def dispatcher_for(settings: Settings) -> CeleryDispatcher:
     """The dispatcher ``settings`` describe: embedded when no broker is configured, else Celery on the broker."""
     app = create_app(settings)
-    return EmbeddedDispatcher(app) if settings.embedded else CeleryDispatcher(app)
+    return EmbeddedDispatcher(app, sweep_interval=settings.sweep_interval) if settings.embedded else CeleryDispatcher(app)

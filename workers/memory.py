@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
 import time
 
 TRIM_INTERVAL_SECONDS = 10.0
@@ -42,3 +43,13 @@ def release_freed_memory(min_interval: float = TRIM_INTERVAL_SECONDS) -> bool:
     trim(0)
     _last_trim = now
     return True
+
+
+def resident_mb() -> float | None:
+    """This process's resident memory in MB (Linux ``/proc``), or None where it cannot be read."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as handle:
+            pages = int(handle.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 
@@ -41,3 +44,17 @@ class ClaimedItem:
     id: int
     text: str
     mode: str | None = None  # None: the job's
+
+
+def new_claim_token() -> int:
+    """A fencing token for one claim: the claimed rows carry it, and only writes that name it land."""
+    return secrets.randbits(62)
+
+
+def claimable(table: sa.Table, now) -> sa.ColumnElement[bool]:
+    """Rows no live worker holds: never claimed since queued, or their holder's lease ran out."""
+    return sa.or_(table.c.lease_until.is_(None), table.c.lease_until < now)
+
+
+def lease_end(now: dt.datetime, lease_seconds: float) -> dt.datetime:
+    return now + dt.timedelta(seconds=lease_seconds)

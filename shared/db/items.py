@@ -5,7 +5,6 @@ Every write is bulk and idempotent: a second run of the same call changes nothin
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import uuid
 from collections import Counter
@@ -14,7 +13,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from shared.db.common import ClaimedItem, insert_ignoring_conflicts, on_postgres
+from shared.db.common import ClaimedItem, claimable, insert_ignoring_conflicts, lease_end, on_postgres
 from shared.db.jobs import job_not_found, job_with_classifier
 from shared.db.models import Classifier, Item, ItemFeatures, Job, Prediction, utcnow
 from shared.dispatch import chunks
@@ -33,35 +32,39 @@ def pending_item_batches(*, session: Session, job_id: uuid.UUID, items_per_batch
     return chunks(rows, items_per_batch)
 
 
-def claim_pending(*, session: Session, item_ids: Sequence[int], lease_seconds: int) -> list[ClaimedItem]:
-    """The still-pending items among ``item_ids``, with an attempt counted; others are already done.
+def claim_pending(*, session: Session, item_ids: Sequence[int], lease_seconds: int, token: int) -> list[ClaimedItem]:
+    """The pending items among ``item_ids`` that no live worker holds, now held under ``token`` (an
+    attempt counted, leased); others are done or in other hands.
 
     One UPDATE ... RETURNING: the claim is a single round trip."""
     now = utcnow()
     items = Item.__table__
     rows = session.connection().execute(
-        sa.update(items).where(items.c.id.in_(list(item_ids)), items.c.status == ItemStatus.PENDING)
-        .values(attempts=items.c.attempts + 1, lease_until=now + dt.timedelta(seconds=lease_seconds), updated_at=now)
+        sa.update(items).where(items.c.id.in_(list(item_ids)), items.c.status == ItemStatus.PENDING,
+                               claimable(items, now))
+        .values(attempts=items.c.attempts + 1, lease_until=lease_end(now, lease_seconds), claim_token=token,
+                updated_at=now)
         .returning(items.c.id, items.c.text, items.c.mode)).all()
     order = {item_id: n for n, item_id in enumerate(item_ids)}
     return sorted((ClaimedItem(id=r.id, text=r.text, mode=r.mode) for r in rows), key=lambda c: order.get(c.id, 0))
 
 
-def claim_job_items(*, session: Session, job_id: uuid.UUID, item_ids: Sequence[int], lease_seconds: int
+def claim_job_items(*, session: Session, job_id: uuid.UUID, item_ids: Sequence[int], lease_seconds: int, token: int
                     ) -> tuple[Job, Classifier | None, list[ClaimedItem]]:
-    """The job, its classifier and the still-pending items among ``item_ids``, claimed (an attempt
-    counted, leased) as :func:`claim_pending` does.
+    """The job, its classifier and the claimable pending items among ``item_ids``, claimed under
+    ``token`` as :func:`claim_pending` does.
 
     On Postgres one statement does it all (the claim is a data-modifying CTE) and lets the commit
     return before its WAL is on disk: a claim lost with a crashed Postgres only forgets an attempt.
     The job and classifier come once, the claimed items as arrays, so their JSON is parsed once."""
     if not on_postgres(session):
         job, classifier = job_with_classifier(session=session, job_id=job_id)
-        return job, classifier, claim_pending(session=session, item_ids=item_ids, lease_seconds=lease_seconds)
+        return job, classifier, claim_pending(session=session, item_ids=item_ids, lease_seconds=lease_seconds,
+                                              token=token)
     now = utcnow()
     row = session.execute(_claim_with_job_statement(), {
-        "the_job": job_id, "the_ids": list(item_ids), "the_time": now,
-        "the_lease": now + dt.timedelta(seconds=lease_seconds),
+        "the_job": job_id, "the_ids": list(item_ids), "the_time": now, "the_token": token,
+        "the_lease": lease_end(now, lease_seconds),
     }).first()
     if row is None:
         raise job_not_found(job_id)
@@ -80,11 +83,13 @@ def _claim_with_job_statement():
     from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 
     items = Item.__table__
+    the_time = sa.bindparam("the_time", type_=items.c.updated_at.type)
     claimed = (sa.update(items)
                .where(items.c.id == sa.any_(sa.bindparam("the_ids", type_=ARRAY(sa.BigInteger))),
-                      items.c.job_id == sa.bindparam("the_job"), items.c.status == ItemStatus.PENDING.value)
+                      items.c.job_id == sa.bindparam("the_job"), items.c.status == ItemStatus.PENDING.value,
+                      claimable(items, the_time))
                .values(attempts=items.c.attempts + 1, lease_until=sa.bindparam("the_lease"),
-                       updated_at=sa.bindparam("the_time"))
+                       claim_token=sa.bindparam("the_token", type_=sa.BigInteger), updated_at=the_time)
                .returning(items.c.id, items.c.text, items.c.mode).cte("claimed"))
 
     def claimed_column(column):  # one array per column, all in id order
@@ -96,21 +101,24 @@ def _claim_with_job_statement():
             .where(Job.id == sa.bindparam("the_job")))
 
 
-def store_features(*, session: Session, encoder_key: str, vectors: dict[int, bytes], dim: int,
-                   lease_seconds: int) -> None:
-    """Upsert features and move their items from pending to embedded, leased to the aggregator."""
+def store_features(*, session: Session, encoder_key: str, vectors: dict[int, bytes], dim: int, token: int) -> list[int]:
+    """Store features of items this claim (``token``) still holds and queue them for the aggregator;
+    the ids that moved. A writer whose claim was taken over (it was paused past its lease) writes nothing."""
     now = utcnow()
+    moved = session.execute(
+        sa.update(Item).where(Item.id.in_(list(vectors)), Item.status == ItemStatus.PENDING, Item.claim_token == token)
+        .values(status=ItemStatus.EMBEDDED, updated_at=now, lease_until=None).returning(Item.id),
+        execution_options={"synchronize_session": False}).scalars().all()
     insert_ignoring_conflicts(session, ItemFeatures, [
-        {"item_id": item_id, "encoder_key": encoder_key, "dim": dim, "vector": vector, "created_at": now}
-        for item_id, vector in vectors.items()
+        {"item_id": item_id, "encoder_key": encoder_key, "dim": dim, "vector": vectors[item_id], "created_at": now}
+        for item_id in moved
     ], keys=("item_id", "encoder_key"))
-    session.execute(sa.update(Item).where(Item.id.in_(list(vectors)), Item.status == ItemStatus.PENDING)
-                    .values(status=ItemStatus.EMBEDDED, updated_at=now,
-                            lease_until=now + dt.timedelta(seconds=lease_seconds)))
+    return sorted(moved)
 
 
-def mark_failed(*, session: Session, errors: dict[int, str]) -> Counter[uuid.UUID]:
-    """Record a final failure for items that are not already finished; how many failed now, per job.
+def mark_failed(*, session: Session, errors: dict[int, str], token: int | None = None) -> Counter[uuid.UUID]:
+    """Record a final failure for items that are not already finished (and, with ``token``, that this
+    claim still holds); how many failed now, per job.
 
     One UPDATE per distinct message (a batch's failures usually share one)."""
     failed: Counter[uuid.UUID] = Counter()
@@ -118,8 +126,9 @@ def mark_failed(*, session: Session, errors: dict[int, str]) -> Counter[uuid.UUI
     for item_id, message in errors.items():
         by_message.setdefault(message[:4000], []).append(item_id)
     for message, ids in by_message.items():
+        fence = () if token is None else (Item.claim_token == token,)
         moved = session.execute(
-            sa.update(Item).where(Item.id.in_(ids), Item.status.in_(OPEN_ITEM_STATUSES))
+            sa.update(Item).where(Item.id.in_(ids), Item.status.in_(OPEN_ITEM_STATUSES), *fence)
             .values(status=ItemStatus.FAILED, error=message, updated_at=utcnow()).returning(Item.job_id),
             execution_options={"synchronize_session": False})
         failed.update(job_id for (job_id,) in moved)
@@ -127,25 +136,29 @@ def mark_failed(*, session: Session, errors: dict[int, str]) -> Counter[uuid.UUI
 
 
 def store_predictions(*, session: Session, rows: Sequence[dict],
-                      from_statuses: Sequence[str] = WAITING_FOR_AGGREGATOR) -> int:
-    """Upsert final predictions (one per item, unique) and mark their items done; how many became done now.
+                      from_statuses: Sequence[str] = WAITING_FOR_AGGREGATOR, token: int | None = None) -> int:
+    """Mark the rows' items done and store their predictions (one per item, unique); how many became done now.
 
     ``from_statuses``: where the items may come from (the embed stage finishes fast items straight
-    from pending). Core statements on the session's connection: the hot path skips the ORM."""
-    insert_ignoring_conflicts(session, Prediction, rows, keys=("item_id",))
-    moved = session.connection().execute(_finish_statement(), {
-        "the_ids": [r["item_id"] for r in rows], "from_statuses": [str(s) for s in from_statuses], "the_time": utcnow()})
-    return len(moved.all())
+    from pending, under its claim ``token``). Only items that move now get a prediction, so a late
+    or repeated writer adds none. Core statements on the session's connection: the hot path skips the ORM."""
+    params = {"the_ids": [r["item_id"] for r in rows], "from_statuses": [str(s) for s in from_statuses],
+              "the_time": utcnow(), **({} if token is None else {"the_token": token})}
+    moved = set(session.connection().execute(_finish_statement(token is not None), params).scalars())
+    insert_ignoring_conflicts(session, Prediction, [r for r in rows if r["item_id"] in moved], keys=("item_id",))
+    return len(moved)
 
 
 @functools.cache
-def _finish_statement():
+def _finish_statement(fenced: bool):
     """:func:`store_predictions`' UPDATE of the items, built once (expanding lists suit both dialects)."""
     items = Item.__table__
+    fence = (items.c.claim_token == sa.bindparam("the_token", type_=sa.BigInteger),) if fenced else ()
     return (sa.update(items)
             .where(items.c.id.in_(sa.bindparam("the_ids", expanding=True)),
-                   items.c.status.in_(sa.bindparam("from_statuses", expanding=True)))
-            .values(status=ItemStatus.DONE.value, updated_at=sa.bindparam("the_time", type_=items.c.updated_at.type))
+                   items.c.status.in_(sa.bindparam("from_statuses", expanding=True)), *fence)
+            .values(status=ItemStatus.DONE.value, lease_until=None,
+                    updated_at=sa.bindparam("the_time", type_=items.c.updated_at.type))
             .returning(items.c.id))
 
 

@@ -6,7 +6,6 @@ Texts arrive already checked (``shared.service.submit``): the store validates no
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import uuid
 from collections.abc import Sequence
@@ -40,7 +39,6 @@ def create_job(
     items: Sequence[NewItem],
     mode: str,
     idempotency_key: str | None,
-    lease_seconds: int,
     labels: dict | None = None,
     multi_label: bool | None = None,
     llm_source: str | None = None,
@@ -60,7 +58,6 @@ def create_job(
         if existing is not None:
             return existing, False
     now = utcnow()
-    lease = now + dt.timedelta(seconds=lease_seconds)
     job = Job(id=uuid.uuid4(), classifier_id=classifier.id if classifier else None, mode=mode, status=JobStatus.QUEUED,
               labels=labels, multi_label=multi_label, llm_source=llm_source, tiers=list(tiers or []) or None,
               budget_items=budget_items, budget_usd=budget_usd, n_escalated=0,
@@ -72,7 +69,7 @@ def create_job(
         status = ItemStatus.FAILED if item.error else (ItemStatus.SCORING if effective == Mode.LLM else ItemStatus.PENDING)
         rows.append({"job_id": job.id, "position": position, "text": item.text, "text_hash": item.text_hash,
                      "mode": item.mode, "status": status, "attempts": 0, "resends": 0,
-                     "lease_until": None if item.error else lease, "updated_at": now, "error": item.error})
+                     "updated_at": now, "error": item.error})
     job.n_failed = sum(1 for r in rows if r["status"] == ItemStatus.FAILED)
     if job.n_failed == len(rows):
         job.status, job.finished_at = JobStatus.COMPLETED, now
@@ -91,7 +88,7 @@ def create_job(
         sources = [t["source"] for t in job.tiers or []] if effective == Mode.FULL else [llm_source]
         for tier, source in enumerate(sources):
             requests.append(request_row(job_id=job.id, item_id=ids[row["position"]], tier=tier, source=source,
-                                        reason=RequestReason(effective), lease_until=lease, now=now))
+                                        reason=RequestReason(effective), now=now))
     if requests:
         session.execute(sa.insert(LlmRequest), requests)
     return job, True
@@ -101,13 +98,13 @@ def create_job(
 # same size whatever the job's size. A multi-row VALUES insert spent half of a 2,000-text submit
 # converting its 22,000 parameters (psycopg) before Postgres saw it.
 _INSERT_ITEMS_FROM_ARRAYS = sa.text("""
-    INSERT INTO items (job_id, position, text, text_hash, mode, status, attempts, resends, lease_until, updated_at, error)
-    SELECT :job_id, u.position, u.text, u.text_hash, u.mode, u.status, 0, 0, u.lease_until, :now, u.error
+    INSERT INTO items (job_id, position, text, text_hash, mode, status, attempts, resends, updated_at, error)
+    SELECT :job_id, u.position, u.text, u.text_hash, u.mode, u.status, 0, 0, :now, u.error
     FROM unnest(CAST(:position AS integer[]), CAST(:text AS text[]), CAST(:text_hash AS text[]),
-                CAST(:mode AS text[]), CAST(:status AS text[]), CAST(:lease_until AS timestamptz[]),
-                CAST(:error AS text[])) AS u(position, text, text_hash, mode, status, lease_until, error)
+                CAST(:mode AS text[]), CAST(:status AS text[]), CAST(:error AS text[]))
+         AS u(position, text, text_hash, mode, status, error)
     RETURNING position, id""")
-_ARRAY_COLUMNS = ("position", "text", "text_hash", "mode", "status", "lease_until", "error")
+_ARRAY_COLUMNS = ("position", "text", "text_hash", "mode", "status", "error")
 
 
 def _insert_items(session: Session, rows: list[dict]) -> dict[int, int]:

@@ -15,7 +15,7 @@ import numpy as np
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from shared.db.common import ClaimedItem, dialect_insert
+from shared.db.common import ClaimedItem, claimable, dialect_insert, lease_end
 from shared.db.engine import session_for
 from shared.db.models import Item, LlmRequest, LlmScore, utcnow
 from shared.dispatch import chunks
@@ -24,11 +24,11 @@ from shared.vocab import RequestStatus, ScoreMethod
 # --- requests -----------------------------------------------------------------------------------
 
 
-def request_row(*, job_id: uuid.UUID, item_id: int, tier: int, source: str, reason: str, lease_until: dt.datetime | None,
-                now: dt.datetime, status: str = RequestStatus.QUEUED, error: str | None = None) -> dict:
-    """One ``llm_requests`` row, queued with its lease (or skipped, for a tier that was down)."""
+def request_row(*, job_id: uuid.UUID, item_id: int, tier: int, source: str, reason: str, now: dt.datetime,
+                status: str = RequestStatus.QUEUED, error: str | None = None) -> dict:
+    """One ``llm_requests`` row, queued and unclaimed (or skipped, for a tier that was down)."""
     return {"job_id": job_id, "item_id": item_id, "tier": tier, "source": source, "reason": reason, "status": status,
-            "attempts": 0, "lease_until": lease_until, "scores": None, "method": None, "cost_usd": 0.0, "error": error,
+            "attempts": 0, "lease_until": None, "scores": None, "method": None, "cost_usd": 0.0, "error": error,
             "created_at": now, "updated_at": now}
 
 
@@ -57,44 +57,61 @@ def queued_request_batches(*, session: Session, job_id: uuid.UUID, items_per_bat
     return {source: chunks(ids, items_per_batch) for source, ids in per_source.items()}
 
 
-def claim_requests(*, session: Session, item_ids: Sequence[int], source: str, lease_seconds: int) -> list[ClaimedItem]:
-    """The items among ``item_ids`` with a queued ``source`` request, with an attempt counted."""
-    rows = session.execute(
-        sa.select(LlmRequest.id, Item.id, Item.text).join(Item, Item.id == LlmRequest.item_id)
-        .where(LlmRequest.item_id.in_(list(item_ids)), LlmRequest.source == source,
-               LlmRequest.status == RequestStatus.QUEUED)
-        .order_by(Item.id)
-    ).all()
-    if rows:
-        now = utcnow()
-        session.execute(sa.update(LlmRequest).where(LlmRequest.id.in_([r[0] for r in rows])).values(
-            attempts=LlmRequest.attempts + 1, lease_until=now + dt.timedelta(seconds=lease_seconds), updated_at=now))
-    return [ClaimedItem(id=r[1], text=r[2]) for r in rows]
+def claim_requests(*, session: Session, item_ids: Sequence[int], source: str, lease_seconds: int,
+                   token: int) -> list[ClaimedItem]:
+    """The items among ``item_ids`` whose queued ``source`` request no live worker holds, now held
+    under ``token`` (an attempt counted, leased)."""
+    now = utcnow()
+    requests = LlmRequest.__table__
+    taken = session.execute(
+        sa.update(requests).where(requests.c.item_id.in_(list(item_ids)), requests.c.source == source,
+                                  requests.c.status == RequestStatus.QUEUED, claimable(requests, now))
+        .values(attempts=requests.c.attempts + 1, lease_until=lease_end(now, lease_seconds), claim_token=token,
+                updated_at=now)
+        .returning(requests.c.item_id)).scalars().all()
+    if not taken:
+        return []
+    rows = session.execute(sa.select(Item.id, Item.text).where(Item.id.in_(taken)).order_by(Item.id)).all()
+    return [ClaimedItem(id=r[0], text=r[1]) for r in rows]
 
 
-def store_request_results(*, session: Session, source: str, results: dict) -> None:
-    """Record each item's answer (a ``TextScore``) from ``source``: done with scores and cost, or failed with the reason.
+def store_request_results(*, session: Session, source: str, results: dict, token: int) -> list[int]:
+    """Record each item's answer (a ``TextScore``) from ``source``: done with scores and cost, or failed
+    with the reason; the item ids recorded now.
 
-    One executemany for the whole batch; only still-queued requests change, so a re-run is a no-op.
+    Only requests still queued and held by this claim (``token``) change, so a re-run or a worker
+    that was paused past its lease writes nothing.
     """
     if not results:
-        return
+        return []
     now = utcnow()
+    requests = LlmRequest.__table__
+    # the requests this claim still holds, locked until the commit, so no sweep or claim moves them meanwhile
+    held = sorted(session.execute(sa.select(requests.c.item_id).where(
+        requests.c.item_id.in_(list(results)), requests.c.source == source, requests.c.claim_token == token,
+        requests.c.status == RequestStatus.QUEUED).with_for_update()).scalars().all())
+    if not held:
+        return []
     rows = []
-    for item_id, s in results.items():
+    for item_id in held:
+        s = results[item_id]
         failed = s.method == ScoreMethod.FAILED
         rows.append({"b_item": item_id, "b_status": RequestStatus.FAILED if failed else RequestStatus.DONE,
                      "b_scores": None if failed else [float(p) for p in s.probabilities],
                      "b_method": None if failed else s.method,
                      "b_error": (s.error or "LLM answer failed")[:4000] if failed else None,
                      "b_cost": s.spent_usd})
-    statement = (sa.update(LlmRequest)
-                 .where(LlmRequest.item_id == sa.bindparam("b_item"), LlmRequest.source == source,
-                        LlmRequest.status == RequestStatus.QUEUED)
+    statement = (sa.update(requests)
+                 .where(requests.c.item_id == sa.bindparam("b_item"), requests.c.source == source,
+                        requests.c.claim_token == token)
                  .values(status=sa.bindparam("b_status"), scores=sa.bindparam("b_scores", type_=sa.JSON),
                          method=sa.bindparam("b_method"), error=sa.bindparam("b_error"),
-                         cost_usd=sa.bindparam("b_cost"), updated_at=now))
+                         cost_usd=sa.bindparam("b_cost"), lease_until=None, updated_at=now))
     session.connection().execute(statement, rows)
+    # their items now wait for the aggregator, from now (the sweeper's clock for a lost message)
+    session.execute(sa.update(Item).where(Item.id.in_(held)).values(updated_at=now),
+                    execution_options={"synchronize_session": False})
+    return held
 
 
 def llm_usage_by_source(*, session: Session, job_id: uuid.UUID) -> dict[str, dict[str, float]]:

@@ -95,8 +95,11 @@ class Item(Base):
     mode: Mapped[str | None] = mapped_column(sa.String(16))
     status: Mapped[str] = mapped_column(sa.String(16), default="pending")
     attempts: Mapped[int] = mapped_column(sa.Integer, default=0)  # claims by the encoder: real work started
-    resends: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")  # aggregator re-sends by the sweeper
+    resends: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")  # lost messages the sweeper re-sent
+    # A worker's claim: held until ``lease_until`` (renewed by its heartbeat), its writes fenced by
+    # ``claim_token``. NULL lease: the item waits in a queue (since ``updated_at``).
     lease_until: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    claim_token: Mapped[int | None] = mapped_column(sa.BigInteger)
     updated_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
     error: Mapped[str | None] = mapped_column(sa.Text)
 
@@ -154,7 +157,8 @@ class LlmRequest(Base):
     reason: Mapped[str] = mapped_column(sa.String(16))
     status: Mapped[str] = mapped_column(sa.String(16), default="queued")
     attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
-    lease_until: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    lease_until: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))  # as Item's
+    claim_token: Mapped[int | None] = mapped_column(sa.BigInteger)
     scores: Mapped[list | None] = mapped_column(sa.JSON)
     method: Mapped[str | None] = mapped_column(sa.String(16))
     cost_usd: Mapped[float] = mapped_column(sa.Float, default=0.0)

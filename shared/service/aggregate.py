@@ -101,15 +101,15 @@ def _aggregate(settings: Settings, session, job: Job, classifier: Classifier | N
 
 
 def finish_fast_items(session, job: Job, artifact: ClassifierArtifact, features: np.ndarray,
-                      item_ids: list[int]) -> int:
-    """Predictions for fast-mode items straight from their features, in the embed stage's transaction:
-    no LLM signal can join them, so the aggregator's hop would only add a message and a commit.
-    Returns how many items this finished (and counts them on the job)."""
+                      item_ids: list[int], *, token: int) -> int:
+    """Predictions for fast-mode items straight from their features, in the embed stage's transaction
+    and under its claim ``token``: no LLM signal can join them, so the aggregator's hop would only
+    add a message and a commit. Returns how many items this finished (and counts them on the job)."""
     if not item_ids:
         return 0
     rows = _prediction_rows(artifact.decide(features), artifact.labels, [(i, job.created_at) for i in item_ids],
                             [[ENCODER_SIGNAL] for _ in item_ids], [[] for _ in item_ids])
-    done = store_predictions(session=session, rows=rows, from_statuses=(ItemStatus.PENDING,))
+    done = store_predictions(session=session, rows=rows, from_statuses=(ItemStatus.PENDING,), token=token)
     count_finished(session=session, job_id=job.id, done=done)
     return done
 
@@ -152,7 +152,6 @@ def _plan_auto_items(settings: Settings, session, job: Job, artifact: Classifier
     ledger = _budget_ledger(session, job, artifact)
     unavailable = _unavailable_sources(settings, tiers)
     now = utcnow()
-    lease = now + dt.timedelta(seconds=settings.item_lease_seconds)
     tier_index = {t.source: n for n, t in enumerate(tiers)}
     plans, new_rows, first_time = {}, [], {}
     for row, item in auto:
@@ -161,13 +160,12 @@ def _plan_auto_items(settings: Settings, session, job: Job, artifact: Classifier
                                escalated_before=escalated_before, unavailable=unavailable, ledger=ledger)
         for source, reason in plan.skipped.items():
             new_rows.append(request_row(job_id=job.id, item_id=item.item_id, tier=tier_index[source], source=source,
-                                        reason=RequestReason.ESCALATION, lease_until=None, now=now,
+                                        reason=RequestReason.ESCALATION, now=now,
                                         status=RequestStatus.SKIPPED,
                                         error=f"tier {source} skipped: {reason}"))
         if plan.ask is not None:
             new_rows.append(request_row(job_id=job.id, item_id=item.item_id, tier=tier_index[plan.ask.source],
-                                        source=plan.ask.source, reason=RequestReason.ESCALATION, lease_until=lease,
-                                        now=now))
+                                        source=plan.ask.source, reason=RequestReason.ESCALATION, now=now))
             first_time[item.item_id] = not escalated_before
         plans[item.item_id] = plan
     added = add_requests(session=session, rows=new_rows)

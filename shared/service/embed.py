@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 
 import numpy as np
 
@@ -15,7 +14,7 @@ from shared.encoders.spec import features_key, specs_from_dict
 from shared.errors import ArtifactError, EncoderError
 from shared.fusion.artifact import get_artifact
 from shared.service.aggregate import finish_fast_items
-from shared.service.claims import claim
+from shared.service.claims import StageClaim, claim
 from shared.settings import Settings
 from shared.vocab import Mode
 
@@ -23,32 +22,41 @@ log = logging.getLogger(__name__)
 
 
 def embed_stage(settings: Settings, *, job_id: str, item_ids: list[int]) -> list[int]:
-    """Encode the pending items among ``item_ids``; fast-mode items are finished here, the others
-    get their features stored. Returns the ids the aggregator must now fuse."""
-    job, classifier, claimed = claim(settings, job_id, item_ids)
-    if not claimed:
+    """Encode the pending items among ``item_ids`` that no live worker holds; fast-mode items are
+    finished here, the others get their features stored. Returns the ids the aggregator must now fuse.
+
+    The claim's lease is renewed while the batch runs; every write names the claim's token, so a
+    worker paused past its lease (its work sent again meanwhile) writes nothing when it wakes."""
+    held = claim(settings, job_id, item_ids)
+    if not held.items:
         return []
-    specs = specs_from_dict(classifier.encoder_spec)
+    with held.heartbeat(settings):
+        return _embed_claimed(settings, held)
+
+
+def _embed_claimed(settings: Settings, held: StageClaim) -> list[int]:
+    job, claimed = held.job, held.items
+    specs = specs_from_dict(held.classifier.encoder_spec)
     try:
         vectors, errors = _encode_isolating_failures(specs, claimed, settings)
     except EncoderError as exc:  # the encoder itself cannot load: retrying the same message cannot help
         vectors, errors = {}, {item.id: str(exc) for item in claimed}
     fast = [item.id for item in claimed if item.id in vectors and (item.mode or job.mode) == Mode.FAST]
-    artifact = _artifact_or_none(classifier) if fast else None
+    artifact = _artifact_or_none(held.classifier) if fast else None
     if artifact is None:
         fast = []  # the aggregator reports an unreadable artifact on each item
+    moved: list[int] = []
     with session_for(settings.effective_database_url) as session, session.begin():
         if fast:
-            finish_fast_items(session, job, artifact, np.stack([vectors.pop(i) for i in fast]), fast)
+            finish_fast_items(session, job, artifact, np.stack([vectors.pop(i) for i in fast]), fast, token=held.token)
         if vectors:
             dim = len(next(iter(vectors.values())))
-            store_features(session=session, encoder_key=features_key(specs), dim=dim,
-                           vectors={item_id: vector.tobytes() for item_id, vector in vectors.items()},
-                           lease_seconds=settings.item_lease_seconds)
+            moved = store_features(session=session, encoder_key=features_key(specs), dim=dim, token=held.token,
+                                   vectors={item_id: vector.tobytes() for item_id, vector in vectors.items()})
         if errors:
-            failed = mark_failed(session=session, errors=errors)
-            count_finished(session=session, job_id=uuid.UUID(job_id), failed=sum(failed.values()))
-    return sorted(vectors)
+            failed = mark_failed(session=session, errors=errors, token=held.token)
+            count_finished(session=session, job_id=job.id, failed=sum(failed.values()))
+    return moved
 
 
 def _artifact_or_none(classifier):

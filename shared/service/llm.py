@@ -24,20 +24,23 @@ def llm_stage(settings: Settings, *, job_id: str, item_ids: list[int], source: s
     the ids whose request is now answered either way, for the aggregator.
     """
     url = settings.effective_database_url
-    job, classifier, claimed = claim(settings, job_id, item_ids, source=source)
+    held = claim(settings, job_id, item_ids, source=source)
+    claimed = held.items
     if not claimed:
         return []
-    labels, multi_label = job_label_set(job, classifier)
-    try:
-        scorer = get_scorer(source_spec(settings, source), settings, source=source)
-        scores = score_with_cache(cache=SqlAnswerCache(url), scorer=scorer, labels=labels, multi_label=multi_label,
-                                  texts=[c.text for c in claimed], batch_size=len(claimed))
-    except (ScorerError, ConfigError) as exc:  # the LLM cannot be built or asked here: no retry can help
-        scores = [TextScore.failed(str(exc))] * len(claimed)
-    with session_for(url) as session, session.begin():
-        store_request_results(session=session, source=source, results={c.id: s for c, s in zip(claimed, scores)})
+    labels, multi_label = job_label_set(held.job, held.classifier)
+    with held.heartbeat(settings):  # LLM calls can take minutes with retries: the lease must not lapse
+        try:
+            scorer = get_scorer(source_spec(settings, source), settings, source=source)
+            scores = score_with_cache(cache=SqlAnswerCache(url), scorer=scorer, labels=labels, multi_label=multi_label,
+                                      texts=[c.text for c in claimed], batch_size=len(claimed))
+        except (ScorerError, ConfigError) as exc:  # the LLM cannot be built or asked here: no retry can help
+            scores = [TextScore.failed(str(exc))] * len(claimed)
+        with session_for(url) as session, session.begin():
+            recorded = store_request_results(session=session, source=source, token=held.token,
+                                             results={c.id: s for c, s in zip(claimed, scores)})
     failed = [s for s in scores if s.error]
     if failed:  # the items finish without this signal, flagged; the operator should see why
         log.warning("job %s: %s LLM failed on %d of %d items (first error: %s)", job_id, source, len(failed),
                     len(scores), failed[0].error)
-    return [c.id for c in claimed]
+    return recorded

@@ -58,7 +58,6 @@ def store_job(settings: Settings, texts: list[str], *, classifier_ref: str | Non
             if clf is not None:
                 job.update(escalation_plan(settings, clf, used_modes or {mode}))
             row, created = create_job(session=session, classifier=clf, items=items, mode=mode, idempotency_key=key,
-                                      lease_seconds=settings.item_lease_seconds,
                                       budget_items=budget.items, budget_usd=budget.usd, **job)
             if not created:
                 return row.id, []

@@ -1,34 +1,56 @@
-"""The sweeper: Postgres says what is unfinished; whatever lost its message is sent again.
+"""The sweeper: Postgres says what is unfinished; work whose holder died or whose message is gone is sent again.
 
-Every piece of outstanding work carries a lease (an item waiting for the encoder or the
-aggregator, a queued LLM request). When a lease runs out — the worker was killed, the broker
-lost the message, the database was down when a task tried — the sweeper renews the lease and
-re-sends the work; after ``max_attempts`` it dead-letters the work with its error instead. Every
-stage is idempotent, so a re-send that races a slow worker changes nothing.
+Two kinds of outstanding work, judged differently:
+
+* **Claimed** (an item being encoded, an LLM request being answered): its worker holds a short
+  lease (FUSIONQ_ITEM_LEASE_SECONDS) and renews it while it works. A lapsed lease means the worker
+  died, hangs or was paused: the work is sent again, and after ``max_attempts`` claims it is
+  dead-lettered with its error. The paused worker's late writes are fenced by its claim token.
+* **Queued** (unclaimed since its message was sent): it may wait as long as the queue is long. It
+  is sent again only on evidence that its message is lost: no message in the broker carries it
+  (neither waiting in a queue nor delivered to a worker within the grace), read before and after
+  the database, and it has waited longer than the grace. Without a view of the broker, queued
+  work is left alone.
+
+Every stage is idempotent and every write fenced, so a re-send that races a live worker changes nothing.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from sqlalchemy.orm import Session
 
 from shared.db.items import mark_failed
 from shared.db.jobs import count_finished, jobs_ready_to_complete, refresh_job
-from shared.db.leases import expired_items, expired_requests, fail_requests, renew_items, renew_requests
+from shared.db.leases import (
+    fail_requests,
+    lapsed_item_claims,
+    lapsed_request_claims,
+    queued_items,
+    queued_requests,
+    requeue_items,
+    requeue_requests,
+)
 from shared.db.models import utcnow
-from shared.dispatch import chunks
+from shared.dispatch import LLM_TASKS, TaskName, chunks
 from shared.settings import Settings
 from shared.vocab import WAITING_FOR_AGGREGATOR, ItemStatus, JobStatus
 
 FUSE_ITEMS_PER_TASK = 256
 
+# Task name -> ids of the items that messages of that task carry, waiting in the broker or
+# delivered within the grace; None when the broker cannot be read.
+InFlight = dict[str, set[int]]
+InFlightView = Callable[[], "InFlight | None"]
+
 
 @dataclass
 class SweepResult:
-    """Messages to send (task kind -> [(job id, item ids)]) and what was dead-lettered."""
+    """Messages to send (task kind -> [(job id, item ids)]), what was dead-lettered, and why work was re-sent."""
 
     embed: list[tuple[str, list[int]]] = field(default_factory=list)
     fuse: list[tuple[str, list[int]]] = field(default_factory=list)
@@ -36,70 +58,103 @@ class SweepResult:
     dead_items: int = 0
     dead_requests: int = 0
     jobs_completed: int = 0
+    lapsed_claims: int = 0  # items and requests whose worker stopped renewing
+    lost_messages: int = 0  # queued items and requests no broker message carried
+    broker_seen: bool = False  # whether the broker could be read (else queued work was not judged)
 
     @property
     def resent_items(self) -> int:
         batches = self.embed + self.fuse + [b for per in self.llm.values() for b in per]
         return sum(len(ids) for _, ids in batches)
 
+    def summary(self) -> dict:
+        return {"resent_items": self.resent_items, "lapsed_claims": self.lapsed_claims,
+                "lost_messages": self.lost_messages, "dead_items": self.dead_items,
+                "dead_requests": self.dead_requests, "jobs_completed": self.jobs_completed}
 
-def sweep(session: Session, settings: Settings, *, now: dt.datetime | None = None, limit: int = 50_000) -> SweepResult:
-    """Find expired leases in the caller's transaction; renew or dead-letter them.
 
-    Rows are locked with SKIP LOCKED, so two sweepers never take the same work, and a task
-    that holds an item right now is left alone.
-    """
+def sweep(session: Session, settings: Settings, *, in_flight: InFlightView | None = None,
+          now: dt.datetime | None = None, limit: int = 50_000) -> SweepResult:
+    """Find lapsed claims and lost messages in the caller's transaction; queue them again or dead-letter them.
+
+    ``in_flight`` reads the broker; it is called before and after the database is read, so a
+    message moving from a queue to a worker in between is still seen."""
     now = now or utcnow()
-    lease = now + dt.timedelta(seconds=settings.item_lease_seconds)
     result = SweepResult()
-    _sweep_pending(session, settings, now, lease, limit, result)
-    _sweep_requests(session, settings, now, lease, limit, result)
-    _sweep_unfused(session, settings, now, lease, limit, result)
+    before = in_flight() if in_flight else None
+    _sweep_lapsed_item_claims(session, settings, now, limit, result)
+    _sweep_lapsed_request_claims(session, settings, now, limit, result)
+    if before is not None:
+        queued_before = now - dt.timedelta(seconds=settings.item_lease_seconds)
+        pending = queued_items(session=session, statuses=(ItemStatus.PENDING,), queued_before=queued_before, limit=limit)
+        requests = queued_requests(session=session, queued_before=queued_before, limit=limit)
+        unfused = queued_items(session=session, statuses=WAITING_FOR_AGGREGATOR, queued_before=queued_before,
+                               limit=limit, without_queued_request=True)
+        after = in_flight()
+        if after is not None:
+            seen = {task: before.get(task, set()) | after.get(task, set()) for task in {*before, *after}}
+            result.broker_seen = True
+            _resend_lost(session, settings, now, seen, pending, requests, unfused, result)
     _complete_finished_jobs(session, result)
     return result
 
 
-def _sweep_pending(session, settings, now, lease, limit, result: SweepResult) -> None:
-    """Items the encoder never finished."""
-    rows = expired_items(session=session, statuses=(ItemStatus.PENDING,), now=now, limit=limit)
+def _sweep_lapsed_item_claims(session, settings, now, limit, result: SweepResult) -> None:
+    """Items whose encoder stopped renewing its claim."""
+    rows = lapsed_item_claims(session=session, now=now, limit=limit)
+    result.lapsed_claims += len(rows)
     dead = {r.id: _dead_letter_error(r.attempts, "embed") for r in rows if r.attempts >= settings.max_attempts}
     if dead:
         _dead_letter(session, dead, result)
         result.dead_items += len(dead)
     again = [r for r in rows if r.id not in dead]
-    renew_items(session=session, item_ids=[r.id for r in again], lease=lease)
+    requeue_items(session=session, item_ids=[r.id for r in again], now=now)
     result.embed += _batches(again, settings.embed_items_per_task)
 
 
-def _sweep_requests(session, settings, now, lease, limit, result: SweepResult) -> None:
-    """LLM requests that no worker answered in time."""
-    rows = expired_requests(session=session, now=now, limit=limit)
+def _sweep_lapsed_request_claims(session, settings, now, limit, result: SweepResult) -> None:
+    """LLM requests whose worker stopped renewing its claim."""
+    rows = lapsed_request_claims(session=session, now=now, limit=limit)
+    result.lapsed_claims += len(rows)
     dead = [r for r in rows if r.attempts >= settings.max_attempts]
     # the signal is missing now: the aggregator finishes the item without it
     fail_requests(session=session, errors={r.id: _dead_letter_error(r.attempts, f"llm_{r.source}") for r in dead},
                   now=now)
     result.dead_requests += len(dead)
-    # their items go to the aggregator now, leased again so that _sweep_unfused does not send them twice
-    renew_items(session=session, item_ids=[r.item_id for r in dead], lease=lease)
+    requeue_items(session=session, item_ids=[r.item_id for r in dead], now=now)  # queued for the aggregator now
     result.fuse += _batches([_Row(r.item_id, r.job_id) for r in dead], FUSE_ITEMS_PER_TASK)
     again = [r for r in rows if r.attempts < settings.max_attempts]
-    renew_requests(session=session, request_ids=[r.id for r in again], lease=lease, now=now)
-    for source in sorted({r.source for r in again}):
-        result.llm[source] = _batches([_Row(r.item_id, r.job_id) for r in again if r.source == source],
-                                      settings.llm_batch_items)
+    requeue_requests(session=session, request_ids=[r.id for r in again], now=now)
+    _add_llm_batches(result, again, settings)
 
 
-def _sweep_unfused(session, settings, now, lease, limit, result: SweepResult) -> None:
-    """Items whose signals are all in but that the aggregator never finished."""
-    rows = expired_items(session=session, statuses=WAITING_FOR_AGGREGATOR, now=now, limit=limit,
-                         without_queued_request=True)
-    dead = {r.id: _dead_letter_error(r.resends, "fusion") for r in rows if r.resends >= settings.max_attempts}
+def _resend_lost(session, settings, now, seen: InFlight, pending, requests, unfused, result: SweepResult) -> None:
+    """Queued work that no broker message carries: its message was lost (a flushed or restarted
+    broker, a worker killed between taking a message and claiming its items)."""
+    lost_pending = [r for r in pending if r.id not in seen.get(str(TaskName.EMBED), ())]
+    requeue_items(session=session, item_ids=[r.id for r in lost_pending], now=now, count_resend=True)
+    result.embed += _batches(lost_pending, settings.embed_items_per_task)
+
+    lost_requests = [r for r in requests if r.item_id not in seen.get(str(LLM_TASKS[r.source]), ())]
+    requeue_requests(session=session, request_ids=[r.id for r in lost_requests], now=now)
+    _add_llm_batches(result, lost_requests, settings)
+
+    lost_unfused = [r for r in unfused if r.id not in seen.get(str(TaskName.FUSE), ())]
+    # an aggregator that dies on the same items every time must not loop forever
+    dead = {r.id: _dead_letter_error(r.resends, "fusion") for r in lost_unfused if r.resends >= settings.max_attempts}
     if dead:
         _dead_letter(session, dead, result)
         result.dead_items += len(dead)
-    again = [r for r in rows if r.id not in dead]
-    renew_items(session=session, item_ids=[r.id for r in again], lease=lease, count_resend=True)
+    again = [r for r in lost_unfused if r.id not in dead]
+    requeue_items(session=session, item_ids=[r.id for r in again], now=now, count_resend=True)
     result.fuse += _batches(again, FUSE_ITEMS_PER_TASK)
+    result.lost_messages += len(lost_pending) + len(lost_requests) + len(lost_unfused)
+
+
+def _add_llm_batches(result: SweepResult, rows, settings: Settings) -> None:
+    for source in sorted({r.source for r in rows}):
+        result.llm.setdefault(source, []).extend(
+            _batches([_Row(r.item_id, r.job_id) for r in rows if r.source == source], settings.llm_batch_items))
 
 
 def _dead_letter(session, errors: dict[int, str], result: SweepResult) -> None:

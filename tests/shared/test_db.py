@@ -50,16 +50,16 @@ def test_idempotency_key_returns_the_same_job_and_refuses_other_requests(db_sett
         clf = _classifier(session)
         first, created = create_job(session=session, classifier=clf, items=new_items(["x", "y"], max_chars=100),
                             mode="fast",
-                                    idempotency_key="k1", lease_seconds=60)
+                                    idempotency_key="k1")
         assert created
     with db.session_for(url) as session, session.begin():
         again, created = create_job(session=session, classifier=clf, items=new_items(["x", "y"], max_chars=100),
                             mode="fast",
-                                    idempotency_key="k1", lease_seconds=60)
+                                    idempotency_key="k1")
         assert (again.id, created) == (first.id, False)
         with pytest.raises(IdempotencyConflict, match="already names job"):
             create_job(session=session, classifier=clf, items=new_items(["x"], max_chars=100),
-                            mode="fast", idempotency_key="k1", lease_seconds=60)
+                            mode="fast", idempotency_key="k1")
     with db.session_for(url) as session:
         assert session.scalar(sa.select(sa.func.count()).select_from(Job)) == 1
         assert session.scalar(sa.select(sa.func.count()).select_from(Item)) == 2
@@ -71,7 +71,7 @@ def test_bad_texts_become_failed_items_and_the_rest_stay_pending(db_settings):
         huge = "z" * (REFUSED_TEXT_PREFIX_CHARS + 5000)
         job, _ = create_job(session=session, classifier=clf, items=new_items(["ok", "", "  ", huge], max_chars=100),
                             mode="fast",
-                            idempotency_key=None, lease_seconds=60)
+                            idempotency_key=None)
         items = session.scalars(sa.select(Item).where(Item.job_id == job.id).order_by(Item.position)).all()
         assert [i.status for i in items] == ["pending", "failed", "failed", "failed"]
         assert items[3].error.startswith(f"text has {len(huge):,} characters, above the limit of 100")
@@ -84,7 +84,7 @@ def test_upserts_are_idempotent_and_refresh_completes_the_job(db_settings):
     with db.session_for(url) as session, session.begin():
         clf = _classifier(session)
         job, _ = create_job(session=session, classifier=clf, items=new_items(["a", "b"], max_chars=100),
-                            mode="fast", idempotency_key=None, lease_seconds=60)
+                            mode="fast", idempotency_key=None)
     with db.session_for(url) as session, session.begin():
         ids = session.scalars(sa.select(Item.id).where(Item.job_id == job.id)).all()
         rows = [{"item_id": i, "encoder_key": "k", "dim": 1, "vector": b"\0\0\0\0"} for i in ids]

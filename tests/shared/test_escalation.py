@@ -38,7 +38,7 @@ def _submit(settings, texts, *, mode="auto", **job):
         clf = session.scalars(sa.select(Classifier)).one()
         items = new_items(texts, max_chars=settings.max_text_chars, item_modes=job.pop("item_modes", None))
         row, _ = create_job(session=session, classifier=clf, items=items, mode=mode, idempotency_key=None,
-                            lease_seconds=settings.item_lease_seconds, tiers=TIERS, llm_source="local", **job)
+                            tiers=TIERS, llm_source="local", **job)
     with session_for(settings.effective_database_url) as session:
         ids = session.scalars(sa.select(Item.id).where(Item.job_id == row.id).order_by(Item.position)).all()
     return str(row.id), list(ids)
@@ -114,19 +114,21 @@ def test_per_item_modes_in_one_job(settings):
     assert predictions[ids[1]].signals == predictions[ids[2]].signals == ["encoder"]
 
 
-def test_the_sweeper_resends_expired_work_and_dead_letters_after_max_attempts(settings):
+def test_the_sweeper_resends_lost_work_and_dead_letters_after_max_attempts(settings):
     texts, _ = make_topic_texts(2, seed=9)
     job_id, ids = _submit(settings, texts, mode="full")
     later = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=settings.item_lease_seconds + 1)
+    no_messages = lambda: {}  # noqa: E731 - a broker view that carries nothing: every message was lost
     with session_for(settings.effective_database_url) as session, session.begin():
-        result = sweep(session, settings, now=later)
+        result = sweep(session, settings, now=later, in_flight=no_messages)
     assert sorted(i for _, batch in result.embed for i in batch) == ids
     assert sorted(i for _, batch in result.llm["local"] for i in batch) == ids
     with session_for(settings.effective_database_url) as session, session.begin():
-        assert sweep(session, settings, now=later).resent_items == 0  # leases were renewed
-        session.execute(sa.update(Item).values(attempts=settings.max_attempts))
-        session.execute(sa.update(LlmRequest).values(attempts=settings.max_attempts))
-    much_later = later + dt.timedelta(seconds=settings.item_lease_seconds + 1)
+        assert sweep(session, settings, now=later, in_flight=no_messages).resent_items == 0  # queued again from now
+        # every claim made since lapsed, the last of its attempts
+        session.execute(sa.update(Item).values(attempts=settings.max_attempts, lease_until=later))
+        session.execute(sa.update(LlmRequest).values(attempts=settings.max_attempts, lease_until=later))
+    much_later = later + dt.timedelta(seconds=1)
     with session_for(settings.effective_database_url) as session, session.begin():
         result = sweep(session, settings, now=much_later)
     assert (result.dead_items, result.dead_requests, result.jobs_completed) == (len(ids), len(ids), 1)

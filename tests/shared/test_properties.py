@@ -42,7 +42,7 @@ def test_any_texts_are_stored_exactly_or_failed_with_a_reason_and_batched_once(p
     with session_for(pg_session_url) as session, session.begin():
         clf = session.scalars(sa.select(Classifier)).one()
         job, _ = create_job(session=session, classifier=clf, items=new_items(texts, max_chars=MAX_CHARS),
-                            mode="fast", idempotency_key=None, lease_seconds=60)
+                            mode="fast", idempotency_key=None)
         batches = pending_item_batches(session=session, job_id=job.id, items_per_batch=per_batch)
         items = session.execute(sa.select(Item.position, Item.text, Item.status, Item.error)
                                 .where(Item.job_id == job.id).order_by(Item.position)).all()
@@ -63,7 +63,7 @@ def test_a_huge_job_is_split_into_bounded_batches(pg_session_url):
     with session_for(pg_session_url) as session, session.begin():
         clf = session.scalars(sa.select(Classifier)).one()
         job, _ = create_job(session=session, classifier=clf, items=new_items(texts, max_chars=MAX_CHARS),
-                            mode="fast", idempotency_key=None, lease_seconds=60)
+                            mode="fast", idempotency_key=None)
         batches = pending_item_batches(session=session, job_id=job.id, items_per_batch=256)
     assert len(batches) == math.ceil(20_000 / 256) and sum(len(b) for b in batches) == 20_000
     assert len({i for b in batches for i in b}) == 20_000

@@ -33,7 +33,8 @@ def test_defaults_are_the_embedded_setup_under_the_home_folder(tmp_path):
     assert s.embedded and s.effective_broker_url == "memory://"
     assert s.effective_database_url == f"sqlite:///{tmp_path / 'h' / 'fusionq.db'}"
     assert s.effective_artifact_dir == tmp_path / "h" / "artifacts"
-    assert (s.task_time_limit, s.visibility_timeout, s.item_lease_seconds, s.max_attempts) == (600, 3600, 900, 5)
+    assert (s.task_time_limit, s.visibility_timeout, s.item_lease_seconds, s.max_attempts) == (600, 3600, 15, 5)
+    assert (s.sweep_interval, s.worker_max_memory_mb) == (10.0, 4096)
     assert s.encoder_precision == Precision.AUTO
 
 
@@ -154,7 +155,8 @@ def test_a_broker_url_without_a_scheme_is_refused_naming_the_variable():
     ("FUSIONQ_LLM_BATCH_ITEMS", "0", "1", 1),
     ("FUSIONQ_TASK_TIME_LIMIT", "9", "10", 10),
     ("FUSIONQ_VISIBILITY_TIMEOUT", "59", "1200", 1200),
-    ("FUSIONQ_ITEM_LEASE_SECONDS", "1", "2", 2),
+    ("FUSIONQ_ITEM_LEASE_SECONDS", "2", "3", 3),
+    ("FUSIONQ_WORKER_MAX_MEMORY_MB", "63", "64", 64),
     ("FUSIONQ_MAX_ATTEMPTS", "0", "1", 1),
     ("FUSIONQ_SWEEP_INTERVAL", "0", "0.5", 0.5),
     ("FUSIONQ_ENCODER_PRECISION", "int4", "int8", Precision.INT8),
