@@ -194,6 +194,8 @@ class FusionqClient:
         """
         job_id = as_job_id(job_id)
         deadline = None if timeout is None else time.monotonic() + timeout
+        if self.settings.embedded:  # the workers live in this process: start them (and their sweeps) to get on
+            self.dispatcher
         look_every = poll if on_progress or not self._listener.notifies else SAFETY_LOOK_SECONDS
         listener = self._listener
         notice = None
