@@ -35,8 +35,9 @@ REDIS = "redis://127.0.0.1:6379/12"  # the benches' own Redis database, emptied 
 
 
 @contextlib.contextmanager
-def scratch_services(prefix: str = "fusionq-bench-"):
-    """A fresh Postgres database and an empty Redis database for one benchmark; (database URL, scratch folder).
+def scratch_services(prefix: str = "fusionq-bench-", *, redis_url: str = REDIS):
+    """A fresh Postgres database and an empty Redis database (``redis_url``) for one benchmark;
+    (database URL, scratch folder).
 
     Dropped and emptied on the way out; stop the workers inside the block first."""
     import redis
@@ -48,7 +49,7 @@ def scratch_services(prefix: str = "fusionq-bench-"):
     admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{db_name}"'))
-    redis.Redis.from_url(REDIS).flushdb()
+    redis.Redis.from_url(redis_url).flushdb()
     url = PG_ADMIN.rsplit("/", 1)[0] + f"/{db_name}"
     try:
         upgrade(url)
@@ -58,7 +59,7 @@ def scratch_services(prefix: str = "fusionq-bench-"):
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
         admin.dispose()
-        redis.Redis.from_url(REDIS).flushdb()
+        redis.Redis.from_url(redis_url).flushdb()
 
 
 def rss_mb(pid: int) -> float:

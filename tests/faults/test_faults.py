@@ -30,6 +30,7 @@ from shared.errors import JobTimeout
 from shared.settings import Settings
 from tests.conftest import PG_ADMIN_URL, REDIS_URL, TOPIC_WORDS, make_topic_texts, train_topics
 from tests.support.fake_openai import FakeOpenAIServer, keyword_answer
+from tests.support.services import postgres, start_redis, stop_redis
 from workers.launch import start_beat, start_worker, stop_worker
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
@@ -248,43 +249,22 @@ def test_flushall_of_the_broker_in_the_middle_of_a_job(cluster):
     assert recovered <= 60
 
 
-def _redis_server(command: str) -> None:
-    if command == "stop":
-        subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", "6379", "shutdown", "nosave"], capture_output=True)
-        wait_for(lambda: subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", "6379", "ping"],
-                                        capture_output=True).returncode != 0, what="Redis to stop")
-    else:  # as .ci/run starts it: no persistence, so a restart loses every message
-        subprocess.run(["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
-                        "--save", "", "--appendonly", "no", "--dir", "/tmp", "--logfile", "/tmp/fusionq-faults-redis.log"],
-                       check=True, capture_output=True)
-        wait_for(lambda: subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", "6379", "ping"],
-                                        capture_output=True).returncode == 0, what="Redis to start")
-
-
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server to restart Redis")
 def test_redis_restarted_in_the_middle_of_a_job(cluster):
     job_id = submit(cluster, 100, mode="auto", seed=35)
     wait_for(lambda: count(cluster, Item.job_id == job_id, Item.status == "done") > 0, what="the first predictions")
-    _redis_server("stop")
+    stop_redis()
     restarted = time.monotonic()
     try:
         time.sleep(2)
     finally:
-        _redis_server("start")
+        start_redis()
     wait_surviving_outages(cluster, job_id)
     recovered = time.monotonic() - restarted
     result = audit(cluster, job_id)
     report("Redis restarted mid-job (no persistence)", recovered, result)
     check(result)
     assert recovered <= 90
-
-
-def _postgres(action: str) -> None:
-    version = sorted(os.listdir("/etc/postgresql"))[0]
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action, *(["-m", "fast"] if action != "start" else [])],
-                   check=True, capture_output=True)
-    if action != "stop":
-        wait_for(lambda: subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1"]).returncode == 0, what="Postgres")
 
 
 needs_pg_ctl = pytest.mark.skipif(shutil.which("pg_ctlcluster") is None, reason="needs pg_ctlcluster to stop PostgreSQL")
@@ -295,7 +275,7 @@ def test_postgres_restart_in_the_middle_of_a_job(cluster):
     job_id = submit(cluster, 100, mode="auto", seed=33)
     wait_for(lambda: count(cluster, Item.job_id == job_id, Item.status == "done") > 0, what="the first predictions")
     restarted = time.monotonic()
-    _postgres("restart")
+    postgres("restart")
     dispose_engines()
     wait_surviving_outages(cluster, job_id)
     recovered = time.monotonic() - restarted
@@ -312,13 +292,13 @@ def test_postgres_down_at_submit_is_a_clear_error_and_stores_nothing(cluster, tm
     with session_for(cluster.settings.effective_database_url) as session:
         jobs_before = session.scalar(sa.select(sa.func.count()).select_from(Job))
     dispose_engines()
-    _postgres("stop")
+    postgres("stop")
     try:
         run = subprocess.run([str(Path(sys.executable).with_name("fusionq")), "classify", "--classifier", "topics", "--in", str(source),
                               "--out", str(tmp_path / "out.csv")], env={**os.environ, **cluster.env},
                              capture_output=True, text=True, timeout=120)
     finally:
-        _postgres("start")
+        postgres("start")
     dispose_engines()
     assert run.returncode == 2, run.stderr
     assert "database" in run.stderr.lower() and "Traceback" not in run.stderr, run.stderr
@@ -334,9 +314,9 @@ def test_postgres_down_while_the_sweeper_has_lost_work_to_resend(cluster):
     wait_for(lambda: count(cluster, Item.job_id == job_id, Item.status == "done") > 0, what="the first predictions")
     redis.Redis.from_url(REDIS_URL).flushdb()  # the sweeper has work to re-send...
     started = time.monotonic()
-    _postgres("stop")  # ...and cannot reach the database for its next sweeps
+    postgres("stop")  # ...and cannot reach the database for its next sweeps
     time.sleep(DEFAULTS.sweep_interval + 2)
-    _postgres("start")
+    postgres("start")
     dispose_engines()
     wait_surviving_outages(cluster, job_id)
     result = audit(cluster, job_id)
