@@ -30,7 +30,7 @@ from shared.errors import JobTimeout
 from shared.settings import Settings
 from tests.conftest import PG_ADMIN_URL, REDIS_URL, TOPIC_WORDS, make_topic_texts, train_topics
 from tests.support.fake_openai import FakeOpenAIServer, keyword_answer
-from tests.support.services import postgres, start_redis, stop_redis
+from tests.support.services import postgres, start_redis, stop_redis, wait_for
 from workers.launch import start_beat, start_worker, stop_worker
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
@@ -152,18 +152,25 @@ def check(result: dict) -> None:
     assert result["lost"] == 0 and result["duplicates"] == 0 and result["failed"] == 0, result
 
 
-def wait_for(condition, timeout: float = 60.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def count(cluster: Cluster, *where) -> int:
     with session_for(cluster.settings.effective_database_url) as session:
         return session.scalar(sa.select(sa.func.count()).select_from(Item).where(*where))
+
+
+def fault_mid_job(cluster: Cluster, fault: str, seed: int, break_it) -> tuple[dict, float]:
+    """Submit 300 texts (mode auto), wait for the first predictions, ``break_it()``, then wait for the
+    job; the audit is reported and checked. Returns it and the seconds from the break to completion."""
+    job_id = submit(cluster, 100, mode="auto", seed=seed)
+    wait_for(lambda: count(cluster, Item.job_id == job_id, Item.status == "done") > 0, what="the first predictions")
+    broken = time.monotonic()
+    break_it()
+    dispose_engines()  # this process's pooled connections may be dead after a restart
+    wait_surviving_outages(cluster, job_id)
+    recovered = time.monotonic() - broken
+    result = audit(cluster, job_id)
+    report(fault, recovered, result)
+    check(result)
+    return result, recovered
 
 
 def _ids(cluster: Cluster, *where) -> set[int]:
@@ -237,51 +244,29 @@ def _predictions(cluster: Cluster, job_id) -> dict:
 
 
 def test_flushall_of_the_broker_in_the_middle_of_a_job(cluster):
-    job_id = submit(cluster, 100, mode="auto", seed=32)
-    wait_for(lambda: count(cluster, Item.job_id == job_id, Item.status == "done") > 0, what="the first predictions")
-    redis.Redis.from_url(REDIS_URL).flushdb()  # every queued message of every queue is gone
-    flushed = time.monotonic()
-    wait_surviving_outages(cluster, job_id)
-    recovered = time.monotonic() - flushed
-    result = audit(cluster, job_id)
-    report("FLUSHALL Redis mid-job", recovered, result)
-    check(result)
+    _, recovered = fault_mid_job(cluster, "FLUSHALL Redis mid-job", 32, redis.Redis.from_url(REDIS_URL).flushdb)
     assert recovered <= 60
-
-
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server to restart Redis")
-def test_redis_restarted_in_the_middle_of_a_job(cluster):
-    job_id = submit(cluster, 100, mode="auto", seed=35)
-    wait_for(lambda: count(cluster, Item.job_id == job_id, Item.status == "done") > 0, what="the first predictions")
-    stop_redis()
-    restarted = time.monotonic()
-    try:
-        time.sleep(2)
-    finally:
-        start_redis()
-    wait_surviving_outages(cluster, job_id)
-    recovered = time.monotonic() - restarted
-    result = audit(cluster, job_id)
-    report("Redis restarted mid-job (no persistence)", recovered, result)
-    check(result)
-    assert recovered <= 90
 
 
 needs_pg_ctl = pytest.mark.skipif(shutil.which("pg_ctlcluster") is None, reason="needs pg_ctlcluster to stop PostgreSQL")
 
 
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server to restart Redis")
+def test_redis_restarted_in_the_middle_of_a_job(cluster):
+    def restart():
+        stop_redis()
+        try:
+            time.sleep(2)
+        finally:
+            start_redis()
+
+    _, recovered = fault_mid_job(cluster, "Redis restarted mid-job (no persistence)", 35, restart)
+    assert recovered <= 90
+
+
 @needs_pg_ctl
 def test_postgres_restart_in_the_middle_of_a_job(cluster):
-    job_id = submit(cluster, 100, mode="auto", seed=33)
-    wait_for(lambda: count(cluster, Item.job_id == job_id, Item.status == "done") > 0, what="the first predictions")
-    restarted = time.monotonic()
-    postgres("restart")
-    dispose_engines()
-    wait_surviving_outages(cluster, job_id)
-    recovered = time.monotonic() - restarted
-    result = audit(cluster, job_id)
-    report("Postgres restart mid-job", recovered, result)
-    check(result)
+    fault_mid_job(cluster, "Postgres restart mid-job", 33, lambda: postgres("restart"))
 
 
 @needs_pg_ctl
@@ -310,18 +295,13 @@ def test_postgres_down_at_submit_is_a_clear_error_and_stores_nothing(cluster, tm
 
 @needs_pg_ctl
 def test_postgres_down_while_the_sweeper_has_lost_work_to_resend(cluster):
-    job_id = submit(cluster, 100, mode="auto", seed=37)
-    wait_for(lambda: count(cluster, Item.job_id == job_id, Item.status == "done") > 0, what="the first predictions")
-    redis.Redis.from_url(REDIS_URL).flushdb()  # the sweeper has work to re-send...
-    started = time.monotonic()
-    postgres("stop")  # ...and cannot reach the database for its next sweeps
-    time.sleep(DEFAULTS.sweep_interval + 2)
-    postgres("start")
-    dispose_engines()
-    wait_surviving_outages(cluster, job_id)
-    result = audit(cluster, job_id)
-    report("Postgres down during sweeps (after a flush)", time.monotonic() - started, result)
-    check(result)
+    def flush_then_outage():
+        redis.Redis.from_url(REDIS_URL).flushdb()  # the sweeper has work to re-send...
+        postgres("stop")  # ...and cannot reach the database for its next sweeps
+        time.sleep(DEFAULTS.sweep_interval + 2)
+        postgres("start")
+
+    fault_mid_job(cluster, "Postgres down during sweeps (after a flush)", 37, flush_then_outage)
 
 
 def test_the_sweeper_killed_again_and_again_mid_job(cluster):
@@ -329,32 +309,23 @@ def test_the_sweeper_killed_again_and_again_mid_job(cluster):
     killed before its commit is rolled back; one killed after its commit but before its sends left
     work queued without a message, which the next sweep finds lost again."""
     rng = random.Random(38)
-    job_id = submit(cluster, 100, mode="auto", seed=38)
-    wait_for(lambda: count(cluster, Item.job_id == job_id, Item.status == "done") > 0, what="the first predictions")
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    started = time.monotonic()
-    for _ in range(4):
-        time.sleep(rng.uniform(1.0, DEFAULTS.sweep_interval))
-        cluster.procs["maintenance"].kill()
-        cluster.procs["maintenance"].wait()
-        cluster.start("maintenance")
-    wait_surviving_outages(cluster, job_id)
-    result = audit(cluster, job_id)
-    report("sweeper SIGKILLed 4 times mid-job (after a flush)", time.monotonic() - started, result)
-    check(result)
+
+    def flush_then_kills():
+        redis.Redis.from_url(REDIS_URL).flushdb()
+        for _ in range(4):
+            time.sleep(rng.uniform(1.0, DEFAULTS.sweep_interval))
+            cluster.procs["maintenance"].kill()
+            cluster.procs["maintenance"].wait()
+            cluster.start("maintenance")
+
+    fault_mid_job(cluster, "sweeper SIGKILLed 4 times mid-job (after a flush)", 38, flush_then_kills)
 
 
 def test_two_beat_processes_at_once_keep_the_sweep_correct(cluster):
     cluster.procs["beat-2"] = start_beat(env=cluster.env, log_dir=cluster.log_dir)
     try:
-        job_id = submit(cluster, 100, mode="auto", seed=39)
-        wait_for(lambda: count(cluster, Item.job_id == job_id, Item.status == "done") > 0, what="the first predictions")
-        redis.Redis.from_url(REDIS_URL).flushdb()
-        flushed = time.monotonic()
-        wait_surviving_outages(cluster, job_id)
-        result = audit(cluster, job_id)
-        report("two beat processes, FLUSHALL mid-job", time.monotonic() - flushed, result)
-        check(result)
+        result, _ = fault_mid_job(cluster, "two beat processes, FLUSHALL mid-job", 39,
+                                  redis.Redis.from_url(REDIS_URL).flushdb)
         assert result["aggregator_resends"] <= result["items"]  # each lost message re-sent once, not once per beat
     finally:
         stop_worker(cluster.procs.pop("beat-2"))
