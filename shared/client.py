@@ -229,13 +229,13 @@ class FusionqClient:
         finally:
             listener.unlisten(job_id)
 
-    def results(self, job_id: uuid.UUID | str) -> list[ItemResult]:
-        """One result per submitted text, in submission order."""
+    def results(self, job_id: uuid.UUID | str, *, offset: int = 0, limit: int | None = None) -> list[ItemResult]:
+        """One result per submitted text, in submission order (from position ``offset``, at most ``limit``)."""
         with session_for(self._url) as session:
             job = get_job(session=session, job_id=job_id)
             labels = _job_labels(session, job)
             results = []
-            for item, prediction in job_result_rows(session=session, job_id=job.id):
+            for item, prediction in job_result_rows(session=session, job_id=job.id, offset=offset, limit=limit):
                 results.append(ItemResult(
                     position=item.position, status=item.status,
                     labels=prediction.labels if prediction else [],

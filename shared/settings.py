@@ -72,6 +72,8 @@ class Settings(BaseSettings):
     max_attempts: int = Field(default=5, ge=1, description="Deliveries of one item (or LLM request) before the sweeper dead-letters it with its error.")
     sweep_interval: float = Field(default=10.0, gt=0, description="Seconds between sweeps (celery beat on the maintenance queue; the embedded worker sweeps on the same interval).")
     worker_max_memory_mb: int | None = Field(default=4096, ge=64, description="A worker process whose resident memory passes this after a task is replaced: prefork children by Celery, a solo (embed) worker by a warm shutdown that its supervisor restarts. Unset: never.")
+    api_keys: SecretStr | None = Field(default=None, description="API keys of the HTTP API, comma-separated; callers send 'Authorization: Bearer KEY'. Unset: fusionq serve listens on loopback only.")
+    api_max_body_mb: int = Field(default=32, ge=1, description="Largest request body the HTTP API reads, MB (413 above).")
     escalation_tiers: str = Field(default="local,api", description="LLM tiers of auto/full modes, cheapest first: source[@threshold],... Unset threshold: the classifier's calibrated one.")
 
     @field_validator("database_url")

@@ -12,7 +12,7 @@ import os
 import signal
 
 from celery import Celery
-from celery.signals import task_postrun, worker_init, worker_process_init
+from celery.signals import task_postrun, worker_init, worker_process_init, worker_ready
 from kombu import Queue
 
 from shared.db.engine import dispose_engines, test_connections_before_use
@@ -20,6 +20,7 @@ from shared.settings import Settings, get_settings, is_in_process_broker
 from shared.dispatch import TaskName
 from workers import embed, fusion, llm_api, llm_local, maintenance
 from workers.memory import resident_mb
+from workers.presence import start_announcing
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,14 @@ def _recycle_when_over_memory(sender=None, **_kwargs) -> None:
         log.warning("worker uses %.0f MB, over FUSIONQ_WORKER_MAX_MEMORY_MB=%d: warm shutdown for a fresh process",
                     resident, limit_kib // 1024)
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+@worker_ready.connect
+def _announce(sender, **_kwargs) -> None:
+    """Say in the broker that this worker is alive, for /readyz and the metrics (workers.presence)."""
+    queues = sorted(q.name for q in sender.app.amqp.queues.consume_from.values()) \
+        if sender.app.amqp.queues.consume_from else list(QUEUES)
+    start_announcing(sender.app, sender.hostname, queues)
 
 
 @worker_init.connect

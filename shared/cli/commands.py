@@ -243,3 +243,29 @@ def cmd_classifiers(args, settings) -> int:
     return 0
 
 
+
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def cmd_serve(args, settings) -> int:
+    from shared.errors import ConfigError
+
+    try:
+        import uvicorn
+
+        from shared.api.app import create_api
+    except ImportError as exc:
+        raise ConfigError(f"fusionq serve needs the api extra ({exc.name} is missing): pip install 'fusionq[api]'") from None
+    if not settings.api_keys and args.host not in LOOPBACK:
+        raise ConfigError(f"--host {args.host} would let anyone on the network submit jobs: set FUSIONQ_API_KEYS "
+                          "(comma-separated keys) or serve on 127.0.0.1")
+    client = connect(settings)
+    api = create_api(settings, client)
+    guard = "API keys required" if settings.api_keys else "no FUSIONQ_API_KEYS set: loopback only, no key asked"
+    print(f"fusionq API on http://{args.host}:{args.port} (docs at /docs; {guard})", file=sys.stderr, flush=True)
+    try:
+        uvicorn.run(api, host=args.host, port=args.port, log_level="warning")
+    finally:
+        client.close()
+    return 0

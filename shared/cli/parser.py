@@ -14,6 +14,7 @@ from shared.cli.commands import (
     cmd_layers,
     cmd_llm_stats,
     cmd_score,
+    cmd_serve,
     cmd_train,
 )
 from shared.fusion.operators import OPERATORS
@@ -144,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = sub.add_parser("classifiers", help="list the registry")
     listing.set_defaults(func=cmd_classifiers)
+
+    serve = sub.add_parser("serve", help="the HTTP API for other services (pip install 'fusionq[api]')")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1; another needs FUSIONQ_API_KEYS)")
+    serve.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 

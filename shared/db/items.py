@@ -162,9 +162,11 @@ def _finish_statement(fenced: bool):
             .returning(items.c.id))
 
 
-def job_result_rows(*, session: Session, job_id: uuid.UUID) -> list[tuple[Item, Prediction | None]]:
-    """Every item of the job in submission order, with its prediction when it has one."""
+def job_result_rows(*, session: Session, job_id: uuid.UUID, offset: int = 0,
+                    limit: int | None = None) -> list[tuple[Item, Prediction | None]]:
+    """The job's items in submission order from position ``offset`` (at most ``limit``), each with its
+    prediction when it has one."""
     return list(session.execute(
         sa.select(Item, Prediction).outerjoin(Prediction, Prediction.item_id == Item.id)
-        .where(Item.job_id == job_id).order_by(Item.position)
+        .where(Item.job_id == job_id, Item.position >= offset).order_by(Item.position).limit(limit)
     ).tuples())
