@@ -107,7 +107,7 @@ class FusionqClient:
     def submit(self, texts: Sequence[str], classifier: str, mode: str = Mode.FAST, *,
                idempotency_key: str | None = None, item_modes: Sequence[str | None] | None = None,
                budget_share: float | None = None, budget_items: int | None = None,
-               budget_usd: float | None = None) -> uuid.UUID:
+               budget_usd: float | None = None, notify: dict | None = None) -> uuid.UUID:
         """Store a job and its items in one transaction, then enqueue them in batches; the job id.
 
         ``mode``: fast (encoder only), auto (escalate low-confidence items up the LLM tiers),
@@ -116,7 +116,9 @@ class FusionqClient:
         A budget caps what auto escalation may spend: a share or a count of the job's items and/or
         dollars; items that would escalate past it finish on the fast path, flagged
         ``budget_exhausted``. Re-submitting with the same ``idempotency_key`` returns the first
-        job and enqueues nothing.
+        job and enqueues nothing. ``notify``: a completion notice, ``{"task": NAME, "queue": Q}``
+        (a Celery task called with the job's summary) and/or ``{"webhook": URL}`` (POSTed it),
+        sent once by the sweeper within a sweep interval of the job's end.
         """
         mode = check_mode(mode)
         texts = _text_list(texts)
@@ -132,7 +134,7 @@ class FusionqClient:
             raise InputError("a budget caps auto escalation; this job has no item in mode auto "
                              "(full and llm modes ask the LLM for every item by definition)")
         return self._submit(texts, classifier_ref=classifier, mode=mode, key=idempotency_key, item_modes=item_modes,
-                            used_modes=used, budget=budget)
+                            used_modes=used, budget=budget, notify=notify or None)
 
     def submit_llm(self, texts: Sequence[str], labels: LabelSet, *, multi_label: bool = False,
                    source: str = Source.LOCAL, idempotency_key: str | None = None) -> uuid.UUID:

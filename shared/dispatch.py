@@ -22,6 +22,8 @@ class TaskName(StrEnum):
     LLM_LOCAL = "fusionq.llm_local.score_items"
     LLM_API = "fusionq.llm_api.score_items"
     SWEEP = "fusionq.maintenance.sweep"
+    WEBHOOK = "fusionq.maintenance.webhook"
+    SUBMIT = "fusionq.submit"  # for other services: a job from a JSON request, over the broker
 
 
 LLM_TASKS = {Source.LOCAL: TaskName.LLM_LOCAL, Source.API: TaskName.LLM_API}

@@ -1,12 +1,14 @@
-"""Public shapes that leave the service: job progress and per-item results (pydantic, JSON-ready)."""
+"""Public shapes that cross the service's edge: job requests (HTTP and broker), job progress and
+per-item results (pydantic, JSON-ready)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
 
-from pydantic import BaseModel, Field
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
+from shared.vocab import Mode
 
 
 class JobProgress(BaseModel):
@@ -73,3 +75,48 @@ class JobStats(BaseModel):
     llm_cost_usd: float
     tiers: list[TierStats]
     flags: dict[str, int]
+
+
+MAX_TEXTS_PER_JOB = 100_000
+
+
+class Callback(BaseModel):
+    """A Celery task to call by name (on ``queue``, else its default route) with one JSON argument."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = Field(min_length=1, max_length=200)
+    queue: str | None = Field(default=None, max_length=200)
+
+
+class JobRequest(BaseModel):
+    """A classification job: texts for one classifier in one mode (or per-item modes), with an optional budget."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    texts: list[str] = Field(min_length=1, max_length=MAX_TEXTS_PER_JOB, description="The texts, in order.")
+    classifier: str = Field(min_length=1, max_length=200, description="NAME or NAME@VERSION.")
+    mode: Mode = Field(default=Mode.FAST, description="fast, auto, full or llm.")
+    item_modes: list[Mode | None] | None = Field(default=None, description="A mode per text (null keeps the job's).")
+    budget_share: float | None = Field(default=None, gt=0, le=1, description="auto: at most this share may escalate.")
+    budget_items: int | None = Field(default=None, ge=0, description="auto: at most this many items may escalate.")
+    budget_usd: float | None = Field(default=None, ge=0, description="auto: at most this many dollars of LLM calls.")
+    webhook_url: AnyHttpUrl | None = Field(default=None, description="POSTed the job's summary (JSON) when it finishes.")
+    on_complete: Callback | None = Field(default=None, description="A Celery task called with the job's summary when it finishes.")
+
+    def submit_options(self) -> dict:
+        """The keyword arguments of ``FusionqClient.submit`` this request asks for."""
+        notify = {**(self.on_complete.model_dump(exclude_none=True) if self.on_complete else {}),
+                  **({"webhook": str(self.webhook_url)} if self.webhook_url else {})}
+        return {"item_modes": [None if m is None else str(m) for m in self.item_modes] if self.item_modes else None,
+                "budget_share": self.budget_share, "budget_items": self.budget_items, "budget_usd": self.budget_usd,
+                "notify": notify or None}
+
+
+
+class BrokerJobRequest(JobRequest):
+    """The argument of the ``fusionq.submit`` task: a job request, its idempotency key, and where to
+    send the job id once it is stored (``reply_to``: there is no result backend to read it from)."""
+
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+    reply_to: Callback | None = None

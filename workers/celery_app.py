@@ -18,19 +18,20 @@ from kombu import Queue
 from shared.db.engine import dispose_engines, test_connections_before_use
 from shared.settings import Settings, get_settings, is_in_process_broker
 from shared.dispatch import TaskName
-from workers import embed, fusion, llm_api, llm_local, maintenance
+from workers import embed, fusion, llm_api, llm_local, maintenance, submit
 from workers.memory import resident_mb
 from workers.presence import start_announcing
 
 log = logging.getLogger(__name__)
 
-QUEUES = ("embed", "llm_local", "llm_api", "fusion", "maintenance")
+QUEUES = ("embed", "llm_local", "llm_api", "fusion", "maintenance", "submit")
 TASK_ROUTES = {
     str(TaskName.EMBED): {"queue": "embed"},
     str(TaskName.FUSE): {"queue": "fusion"},
     "fusionq.llm_local.*": {"queue": "llm_local"},
     "fusionq.llm_api.*": {"queue": "llm_api"},
     "fusionq.maintenance.*": {"queue": "maintenance"},
+    str(TaskName.SUBMIT): {"queue": "submit"},
 }
 
 
@@ -80,6 +81,7 @@ def create_app(settings: Settings) -> Celery:
     llm_local.register(app, settings=settings)
     llm_api.register(app, settings=settings)
     maintenance.register(app, settings=settings)
+    submit.register(app, settings=settings)
     return app
 
 

@@ -5,31 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from shared.schemas import ItemResult, JobProgress, JobStats
-from shared.vocab import Mode
+from shared.schemas import ItemResult, JobProgress, JobRequest, JobStats
 
-MAX_TEXTS_PER_JOB = 100_000
 MAX_TEXTS_PER_CLASSIFY = 1_000
-
-
-class JobRequest(BaseModel):
-    """A classification job: texts for one classifier in one mode (or per-item modes), with an optional budget."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    texts: list[str] = Field(min_length=1, max_length=MAX_TEXTS_PER_JOB, description="The texts, in order.")
-    classifier: str = Field(min_length=1, max_length=200, description="NAME or NAME@VERSION.")
-    mode: Mode = Field(default=Mode.FAST, description="fast, auto, full or llm.")
-    item_modes: list[Mode | None] | None = Field(default=None, description="A mode per text (null keeps the job's).")
-    budget_share: float | None = Field(default=None, gt=0, le=1, description="auto: at most this share may escalate.")
-    budget_items: int | None = Field(default=None, ge=0, description="auto: at most this many items may escalate.")
-    budget_usd: float | None = Field(default=None, ge=0, description="auto: at most this many dollars of LLM calls.")
-
-    def submit_options(self) -> dict:
-        return {"item_modes": [None if m is None else str(m) for m in self.item_modes] if self.item_modes else None,
-                "budget_share": self.budget_share, "budget_items": self.budget_items, "budget_usd": self.budget_usd}
 
 
 class ClassifyRequest(JobRequest):

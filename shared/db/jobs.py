@@ -45,6 +45,7 @@ def create_job(
     tiers: Sequence[dict] | None = None,
     budget_items: int | None = None,
     budget_usd: float | None = None,
+    notify: dict | None = None,
 ) -> tuple[Job, bool]:
     """Insert a job, its items and the LLM requests its modes need, in the caller's transaction.
 
@@ -60,7 +61,7 @@ def create_job(
     now = utcnow()
     job = Job(id=uuid.uuid4(), classifier_id=classifier.id if classifier else None, mode=mode, status=JobStatus.QUEUED,
               labels=labels, multi_label=multi_label, llm_source=llm_source, tiers=list(tiers or []) or None,
-              budget_items=budget_items, budget_usd=budget_usd, n_escalated=0,
+              budget_items=budget_items, budget_usd=budget_usd, n_escalated=0, notify=notify,
               idempotency_key=idempotency_key, n_items=len(items), n_done=0, n_failed=0,
               created_at=now, updated_at=now)
     rows = []
@@ -264,3 +265,20 @@ def jobs_ready_to_complete(*, session: Session) -> list[uuid.UUID]:
     open_items = sa.exists().where(Item.job_id == Job.id, Item.status.in_(OPEN_ITEM_STATUSES))
     return list(session.scalars(sa.select(Job.id).where(Job.status != JobStatus.COMPLETED, ~open_items)).all())
 
+
+
+def take_completion_notices(*, session: Session, limit: int = 1000) -> list[tuple[dict, dict]]:
+    """Completed jobs whose caller asked for a notice that was not sent yet: marked sent now (in the
+    caller's transaction) and returned as (what to notify, the job's summary). Locked SKIP LOCKED,
+    so two sweepers never send one notice twice."""
+    rows = session.scalars(sa.select(Job).where(Job.status == JobStatus.COMPLETED, Job.notify.is_not(None),
+                                                Job.notified_at.is_(None))
+                           .order_by(Job.finished_at).limit(limit).with_for_update(skip_locked=True)).all()
+    now = utcnow()
+    notices = []
+    for job in rows:
+        job.notified_at = now
+        notices.append((dict(job.notify), {
+            "job_id": str(job.id), "status": job.status, "n_items": job.n_items, "n_done": job.n_done,
+            "n_failed": job.n_failed, "finished_at": job.finished_at.isoformat() if job.finished_at else None}))
+    return notices

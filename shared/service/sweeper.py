@@ -13,6 +13,9 @@ Two kinds of outstanding work, judged differently:
   work is left alone.
 
 Every stage is idempotent and every write fenced, so a re-send that races a live worker changes nothing.
+
+The sweep also takes the completion notices of finished jobs (a task to call, a webhook), each
+marked sent in the same transaction: a notice goes out once, within a sweep interval of the end.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.orm import Session
 
 from shared.db.items import mark_failed
-from shared.db.jobs import count_finished, jobs_ready_to_complete, refresh_job
+from shared.db.jobs import count_finished, jobs_ready_to_complete, refresh_job, take_completion_notices
 from shared.db.leases import (
     fail_requests,
     lapsed_item_claims,
@@ -61,6 +64,7 @@ class SweepResult:
     lapsed_claims: int = 0  # items and requests whose worker stopped renewing
     lost_messages: int = 0  # queued items and requests no broker message carried
     broker_seen: bool = False  # whether the broker could be read (else queued work was not judged)
+    notices: list[tuple[dict, dict]] = field(default_factory=list)  # (what to notify, job summary) of finished jobs
 
     @property
     def resent_items(self) -> int:
@@ -70,7 +74,8 @@ class SweepResult:
     def summary(self) -> dict:
         return {"resent_items": self.resent_items, "lapsed_claims": self.lapsed_claims,
                 "lost_messages": self.lost_messages, "dead_items": self.dead_items,
-                "dead_requests": self.dead_requests, "jobs_completed": self.jobs_completed}
+                "dead_requests": self.dead_requests, "jobs_completed": self.jobs_completed,
+                "notices": len(self.notices)}
 
 
 def sweep(session: Session, settings: Settings, *, in_flight: InFlightView | None = None,
@@ -96,6 +101,7 @@ def sweep(session: Session, settings: Settings, *, in_flight: InFlightView | Non
             result.broker_seen = True
             _resend_lost(session, settings, now, seen, pending, requests, unfused, result)
     _complete_finished_jobs(session, result)
+    result.notices = take_completion_notices(session=session)
     return result
 
 
