@@ -6,5 +6,5 @@ COPY pyproject.toml README.md alembic.ini ./
 COPY shared ./shared
 COPY workers ./workers
 COPY migrations ./migrations
-RUN pip install torch && pip install .
+RUN pip install torch && pip install ".[api]"
 CMD ["fusionq", "--help"]
