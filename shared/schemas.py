@@ -5,10 +5,19 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from typing import Annotated
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field
 
 from shared.vocab import Mode
+
+
+def as_utc(moment: dt.datetime) -> dt.datetime:
+    """A datetime read from the database, in UTC: SQLite hands back naive ones, which were stored in UTC."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
+
+
+UtcDatetime = Annotated[dt.datetime, AfterValidator(as_utc)]  # always serialised with its offset (RFC 3339)
 
 
 class JobProgress(BaseModel):
@@ -21,8 +30,8 @@ class JobProgress(BaseModel):
     n_items: int
     n_done: int
     n_failed: int
-    created_at: dt.datetime
-    finished_at: dt.datetime | None
+    created_at: UtcDatetime
+    finished_at: UtcDatetime | None
 
     @property
     def finished(self) -> bool:

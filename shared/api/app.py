@@ -227,9 +227,10 @@ class _BodyLimit(BaseHTTPMiddleware):
         return await call_next(request)
 
 
-def _problem(status: int, code: str, message: str, details: list | None = None) -> JSONResponse:
+def _problem(status: int, code: str, message: str, details: list | None = None,
+             headers: dict | None = None) -> JSONResponse:
     return JSONResponse(Problem(code=code, message=message, details=details).model_dump(exclude_none=True),
-                        status_code=status)
+                        status_code=status, headers=headers)
 
 
 def _add_error_handlers(api: FastAPI) -> None:
@@ -253,7 +254,7 @@ def _add_error_handlers(api: FastAPI) -> None:
     @api.exception_handler(StarletteHTTPException)
     async def http_error(_request, exc: StarletteHTTPException):
         code = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error")
-        return _problem(exc.status_code, code, str(exc.detail))
+        return _problem(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @api.exception_handler(OperationalError)
     @api.exception_handler(InterfaceError)

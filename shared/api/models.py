@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 
 from pydantic import BaseModel, Field
 
-from shared.schemas import ItemResult, JobProgress, JobRequest, JobStats
+from shared.schemas import ItemResult, JobProgress, JobRequest, JobStats, UtcDatetime
 
 MAX_TEXTS_PER_CLASSIFY = 1_000
 
@@ -54,7 +53,7 @@ class ClassifierInfo(BaseModel):
     version: int
     labels: list[str]
     multi_label: bool
-    created_at: dt.datetime
+    created_at: UtcDatetime
 
 
 class Problem(BaseModel):

@@ -23,6 +23,7 @@ from shared.errors import ArtifactError, CircuitOpen, ConfigError
 from shared.fusion.artifact import ClassifierArtifact, get_artifact
 from shared.fusion.predict import Decision, decide_from_probabilities
 from shared.llm.sources import source_breaker
+from shared.schemas import as_utc
 from shared.service.claims import job_label_set
 from shared.service.policy import Budget, BudgetLedger, Tier, plan_escalation
 from shared.settings import Settings
@@ -239,6 +240,4 @@ def _prediction_rows(decision, label_names, items: list[tuple[int, dt.datetime]]
 
 
 def _elapsed_ms(start: dt.datetime, end: dt.datetime) -> float:
-    if start.tzinfo is None:  # SQLite hands back naive datetimes; they were written in UTC
-        start = start.replace(tzinfo=dt.timezone.utc)
-    return max((end - start).total_seconds() * 1000.0, 0.0)
+    return max((end - as_utc(start)).total_seconds() * 1000.0, 0.0)

@@ -3,7 +3,6 @@ LLM-alone job's answers recorded (tokens, latency, cost), for callers that read 
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 
 from shared.db.engine import ensure_schema, session_for
@@ -12,6 +11,7 @@ from shared.llm.cache import question_keys, score_with_cache
 from shared.llm.result import TextScore
 from shared.llm.sources import LLMSpec, get_scorer
 from shared.progress import progress_bar
+from shared.schemas import as_utc
 from shared.settings import Settings
 from shared.textio import text_problems
 from shared.vocab import RequestStatus, Source
@@ -62,13 +62,9 @@ def queued_answer_usage(settings: Settings, job_id: uuid.UUID | str, *, spec: LL
         elif row["cost_usd"] > 0:
             cached = request["cost_usd"] == 0  # the request records what it spent: nothing for a cache hit
         else:  # free answers (a local model): a hit is an answer recorded before this job asked
-            cached = _utc(row["created_at"]) < _utc(request["created_at"])
+            cached = as_utc(row["created_at"]) < as_utc(request["created_at"])
         usage[request["position"]] = {"tokens_in": row["tokens_in"], "tokens_out": row["tokens_out"],
                                       "latency_ms": 0.0 if cached else row["latency_ms"],
                                       "cost_usd": row["cost_usd"], "cached": cached}
     return usage
 
-
-def _utc(moment: dt.datetime) -> dt.datetime:
-    """SQLite hands back naive datetimes; they were stored in UTC."""
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.timezone.utc)
