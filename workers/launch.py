@@ -31,6 +31,15 @@ def start_beat(*, env: dict[str, str], log_dir: Path, timeout: float = 60.0) -> 
     return _start_celery(cmd, name=name, ready="beat: Starting", env=env, log_dir=log_dir, timeout=timeout)
 
 
+def start_flower(*, port: int, basic_auth: str, env: dict[str, str], log_dir: Path,
+                 timeout: float = 60.0) -> subprocess.Popen:
+    """Launch Flower on 127.0.0.1:``port``, behind HTTP basic auth (``user:password``)."""
+    name = f"flower-{uuid.uuid4().hex[:6]}"
+    cmd = ["flower", "--address=127.0.0.1", f"--port={port}"]
+    return _start_celery(cmd, name=name, ready="Visit me at", env={**env, "FLOWER_BASIC_AUTH": basic_auth},
+                         log_dir=log_dir, timeout=timeout)
+
+
 def _start_celery(args: list[str], *, name: str, ready: str, env: dict[str, str], log_dir: Path,
                   timeout: float) -> subprocess.Popen:
     log_dir.mkdir(parents=True, exist_ok=True)
