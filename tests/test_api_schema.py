@@ -11,21 +11,12 @@ from hypothesis import HealthCheck, given, settings
 from shared.db.engine import session_for
 from shared.db.models import Item, Job
 from shared.settings import Settings
-from tests.conftest import train_topics
-from tests.test_api import Server
+from tests.test_api import home, server  # noqa: F401 - the running API these tests share
 
 
 @pytest.fixture(scope="module")
-def api_home(tmp_path_factory, tiny_bert_path):
-    home = tmp_path_factory.mktemp("api-schema") / "home"
-    train_topics(Settings(home=home), tiny_bert_path)
-    return home
-
-
-@pytest.fixture(scope="module")
-def api_schema(api_home):
-    with Server({"FUSIONQ_HOME": str(api_home), "FUSIONQ_API_MAX_BODY_MB": "1", "HF_HUB_OFFLINE": "1"}) as server:
-        yield schemathesis.openapi.from_url(server.url + "/openapi.json")
+def api_schema(server):
+    return schemathesis.openapi.from_url(server.url + "/openapi.json")
 
 
 # A schema-valid body may still break a rule across fields (one item mode per text, a budget only
@@ -47,9 +38,9 @@ def test_every_route_answers_as_its_schema_says(api_schema):
         answers_as_documented()
 
 
-def test_nothing_half_written_after_the_generated_requests(api_home, api_schema):
+def test_nothing_half_written_after_the_generated_requests(home, api_schema):
     """Every job the generated requests stored has all its items (a refused request stored none)."""
-    with session_for(Settings(home=api_home).effective_database_url) as session:
+    with session_for(Settings(home=home).effective_database_url) as session:
         counts = session.execute(sa.select(Job.n_items, sa.func.count(Item.id)).outerjoin(Item, Item.job_id == Job.id)
                                  .group_by(Job.id, Job.n_items)).all()
     assert all(n_items == stored for n_items, stored in counts)
