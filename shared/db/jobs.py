@@ -278,6 +278,8 @@ def take_completion_notices(*, session: Session, limit: int = 1000) -> list[tupl
     notices = []
     for job in rows:
         job.notified_at = now
+        if not job.notify:  # a JSON null written by an older version: nothing to send
+            continue
         notices.append((dict(job.notify), {
             "job_id": str(job.id), "status": job.status, "n_items": job.n_items, "n_done": job.n_done,
             "n_failed": job.n_failed, "finished_at": job.finished_at.isoformat() if job.finished_at else None}))

@@ -70,7 +70,7 @@ class Job(Base):
     budget_usd: Mapped[float | None] = mapped_column(sa.Float)
     n_escalated: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
     # Completion notice asked at submit ({"task", "queue"} and/or {"webhook"}); sent once by the sweeper.
-    notify: Mapped[dict | None] = mapped_column(sa.JSON)
+    notify: Mapped[dict | None] = mapped_column(sa.JSON(none_as_null=True))  # None: SQL NULL, not JSON null
     notified_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
     created_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)

@@ -33,9 +33,11 @@ from shared.db.leases import (
     fail_requests,
     lapsed_item_claims,
     lapsed_request_claims,
-    queued_items,
+    queued_item_ids,
     queued_requests,
     requeue_items,
+    requeue_lost_items,
+    requeue_lost_requests,
     requeue_requests,
 )
 from shared.db.models import utcnow
@@ -91,15 +93,16 @@ def sweep(session: Session, settings: Settings, *, in_flight: InFlightView | Non
     _sweep_lapsed_request_claims(session, settings, now, limit, result)
     if before is not None:
         queued_before = now - dt.timedelta(seconds=settings.item_lease_seconds)
-        pending = queued_items(session=session, statuses=(ItemStatus.PENDING,), queued_before=queued_before, limit=limit)
+        pending = queued_item_ids(session=session, statuses=(ItemStatus.PENDING,), queued_before=queued_before,
+                                  limit=limit)
         requests = queued_requests(session=session, queued_before=queued_before, limit=limit)
-        unfused = queued_items(session=session, statuses=WAITING_FOR_AGGREGATOR, queued_before=queued_before,
-                               limit=limit, without_queued_request=True)
+        unfused = queued_item_ids(session=session, statuses=WAITING_FOR_AGGREGATOR, queued_before=queued_before,
+                                  limit=limit, without_queued_request=True)
         after = in_flight()
         if after is not None:
             seen = {task: before.get(task, set()) | after.get(task, set()) for task in {*before, *after}}
             result.broker_seen = True
-            _resend_lost(session, settings, now, seen, pending, requests, unfused, result)
+            _resend_lost(session, settings, now, queued_before, seen, pending, requests, unfused, result)
     _complete_finished_jobs(session, result)
     result.notices = take_completion_notices(session=session)
     return result
@@ -134,26 +137,29 @@ def _sweep_lapsed_request_claims(session, settings, now, limit, result: SweepRes
     _add_llm_batches(result, again, settings)
 
 
-def _resend_lost(session, settings, now, seen: InFlight, pending, requests, unfused, result: SweepResult) -> None:
+def _resend_lost(session, settings, now, queued_before, seen: InFlight, pending, requests, unfused,
+                 result: SweepResult) -> None:
     """Queued work that no broker message carries: its message was lost (a flushed or restarted
     broker, a worker killed between taking a message and claiming its items)."""
-    lost_pending = [r for r in pending if r.id not in seen.get(str(TaskName.EMBED), ())]
-    requeue_items(session=session, item_ids=[r.id for r in lost_pending], now=now, count_resend=True)
+    lost_pending = requeue_lost_items(
+        session=session, item_ids=[i for i in pending if i not in seen.get(str(TaskName.EMBED), ())],
+        statuses=(ItemStatus.PENDING,), queued_before=queued_before, now=now)
     result.embed += _batches(lost_pending, settings.embed_items_per_task)
 
-    lost_requests = [r for r in requests if r.item_id not in seen.get(str(LLM_TASKS[r.source]), ())]
-    requeue_requests(session=session, request_ids=[r.id for r in lost_requests], now=now)
+    lost_requests = requeue_lost_requests(
+        session=session, request_ids=[r.id for r in requests if r.item_id not in seen.get(str(LLM_TASKS[r.source]), ())],
+        queued_before=queued_before, now=now)
     _add_llm_batches(result, lost_requests, settings)
 
-    lost_unfused = [r for r in unfused if r.id not in seen.get(str(TaskName.FUSE), ())]
+    lost_unfused = requeue_lost_items(
+        session=session, item_ids=[i for i in unfused if i not in seen.get(str(TaskName.FUSE), ())],
+        statuses=WAITING_FOR_AGGREGATOR, queued_before=queued_before, now=now, without_queued_request=True)
     # an aggregator that dies on the same items every time must not loop forever
-    dead = {r.id: _dead_letter_error(r.resends, "fusion") for r in lost_unfused if r.resends >= settings.max_attempts}
+    dead = {r.id: _dead_letter_error(r.resends - 1, "fusion") for r in lost_unfused if r.resends > settings.max_attempts}
     if dead:
         _dead_letter(session, dead, result)
         result.dead_items += len(dead)
-    again = [r for r in lost_unfused if r.id not in dead]
-    requeue_items(session=session, item_ids=[r.id for r in again], now=now, count_resend=True)
-    result.fuse += _batches(again, FUSE_ITEMS_PER_TASK)
+    result.fuse += _batches([r for r in lost_unfused if r.id not in dead], FUSE_ITEMS_PER_TASK)
     result.lost_messages += len(lost_pending) + len(lost_requests) + len(lost_unfused)
 
 

@@ -355,7 +355,7 @@ def test_the_maintenance_task_sends_what_the_sweep_found(settings):
         sent = _drain(conn, queues)
     app.close()
     assert summary == {"resent_items": 4, "lapsed_claims": 4, "lost_messages": 0, "dead_items": 0,
-                       "dead_requests": 0, "jobs_completed": 0}
+                       "dead_requests": 0, "jobs_completed": 0, "notices": 0}
     assert sent == {
         "embed": [(str(TaskName.EMBED), [embed_job, embed_ids[:2]]), (str(TaskName.EMBED), [embed_job, embed_ids[2:]])],
         "fusion": [],
@@ -381,3 +381,24 @@ def test_a_message_waiting_in_the_embedded_broker_keeps_its_items_from_being_res
     app.close()
     assert (summary["lost_messages"], summary["resent_items"]) == (1, 1)
     assert sent["embed"] == [(str(TaskName.EMBED), [job_id, ids[:2]]), (str(TaskName.EMBED), [job_id, [ids[2]]])]
+
+
+def test_a_finished_job_sends_its_completion_notice_once_and_a_job_without_one_sends_none(settings):
+    plain, plain_ids = _job(settings, 1)
+    noticed, noticed_ids = _job(settings, 1)
+    notify = {"task": "caller.done", "queue": "caller", "webhook": "https://caller.example/hook"}
+    with session_for(settings.effective_database_url) as session, session.begin():
+        session.execute(sa.update(Job).where(Job.id == uuid.UUID(noticed)).values(notify=notify))
+    _set(settings, Item, plain_ids + noticed_ids, status="failed", error="boom")
+    now = dt.datetime.now(dt.timezone.utc)
+
+    result = _sweep(settings, now)
+
+    assert result.jobs_completed == 2
+    assert [(n, summary["job_id"], summary["status"], summary["n_failed"]) for n, summary in result.notices] == [
+        (notify, noticed, "completed", 1)]
+    assert _sweep(settings, now).notices == []  # sent once
+    with session_for(settings.effective_database_url) as session:
+        assert session.scalar(sa.select(Job.notify).where(Job.id == uuid.UUID(plain))) is None
+        sent = session.scalar(sa.select(Job.notified_at).where(Job.id == uuid.UUID(noticed)))
+    assert sent is not None
