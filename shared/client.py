@@ -27,12 +27,11 @@ from shared.db.notify import JobListener
 from shared.db.llm import llm_usage_by_source
 from shared.db.models import Classifier
 from shared.dispatch import Dispatcher
-from shared.errors import BrokerUnavailable, InputError, JobTimeout
+from shared.errors import JobTimeout
 from shared.llm.prompts import LabelSet
 from shared.llm.sources import source_spec
 from shared.schemas import ItemResult, JobProgress, JobStats, TierStats
-from shared.service.policy import Budget, check_mode
-from shared.service.submit import store_job
+from shared.service.submit import store_and_send, submit_job, text_list
 from shared.settings import Settings, get_settings
 from shared.vocab import Mode, Source
 
@@ -40,15 +39,6 @@ from shared.vocab import Mode, Source
 # Without progress callbacks, how often a waiting client looks at the job anyway (a NOTIFY lost with
 # its connection costs at most this).
 SAFETY_LOOK_SECONDS = 2.0
-
-
-def _text_list(texts) -> list[str]:
-    if isinstance(texts, (str, bytes)):
-        raise InputError("texts must be a list of strings, not a single string: wrap it as [text]")
-    texts = list(texts)
-    if not texts:
-        raise InputError("no texts to classify: submit at least one")
-    return texts
 
 
 def _finished_progress(notice: str | None) -> JobProgress | None:
@@ -120,46 +110,18 @@ class FusionqClient:
         (a Celery task called with the job's summary) and/or ``{"webhook": URL}`` (POSTed it),
         sent once by the sweeper within a sweep interval of the job's end.
         """
-        mode = check_mode(mode)
-        texts = _text_list(texts)
-        if item_modes is not None:
-            item_modes = list(item_modes)
-            if len(item_modes) != len(texts):
-                raise InputError(f"item_modes has {len(item_modes)} entries for {len(texts)} texts: give one per text (None keeps the job's mode)")
-            item_modes = [None if own is None else check_mode(own, where=f"item_modes[{position}]")
-                          for position, own in enumerate(item_modes)]
-        used = {mode} | {m for m in item_modes or () if m}
-        budget = Budget.of(len(texts), share=budget_share, items=budget_items, usd=budget_usd)
-        if not budget.unlimited and Mode.AUTO not in used:
-            raise InputError("a budget caps auto escalation; this job has no item in mode auto "
-                             "(full and llm modes ask the LLM for every item by definition)")
-        return self._submit(texts, classifier_ref=classifier, mode=mode, key=idempotency_key, item_modes=item_modes,
-                            used_modes=used, budget=budget, notify=notify or None)
+        return submit_job(self.settings, self.dispatcher, texts, classifier, mode, idempotency_key=idempotency_key,
+                          item_modes=item_modes, budget_share=budget_share, budget_items=budget_items,
+                          budget_usd=budget_usd, notify=notify, on_stored=self._listener.listen)
 
     def submit_llm(self, texts: Sequence[str], labels: LabelSet, *, multi_label: bool = False,
                    source: str = Source.LOCAL, idempotency_key: str | None = None) -> uuid.UUID:
         """A job answered by one LLM source alone (``local`` or ``api``): its scores become the predictions."""
         source_spec(self.settings, source)  # refuse an unconfigured source before anything is stored
         job_labels = {"names": list(labels.names), "descriptions": list(labels.descriptions)}
-        return self._submit(_text_list(texts), classifier_ref=None, mode=Mode.LLM, key=idempotency_key,
-                            labels=job_labels, multi_label=multi_label, llm_source=Source(source))
-
-    def _submit(self, texts: list[str], *, classifier_ref: str | None, mode: str, key: str | None, **job) -> uuid.UUID:
-        dispatcher = self.dispatcher  # connect (start the embedded worker) before the job exists
-        job_id, sends = store_job(self.settings, texts, classifier_ref=classifier_ref, mode=mode, key=key, **job)
-        if sends:  # subscribed before any worker can finish the job, so wait() need not look first
-            self._listener.listen(job_id)
-        for sent, (task, batch) in enumerate(sends):  # only after commit, so a worker always finds the rows
-            try:
-                dispatcher.send(task, str(job_id), batch)
-            except BrokerUnavailable as exc:
-                raise BrokerUnavailable(
-                    f"job {job_id} is stored, but {len(sends) - sent} of its {len(sends)} messages were not enqueued: "
-                    f"{exc}. Nothing is lost: once the broker is back, the sweeper finds them missing there and re-sends "
-                    f"them within ~{self.settings.item_lease_seconds + self.settings.sweep_interval:.0f}s "
-                    f"(FUSIONQ_ITEM_LEASE_SECONDS + FUSIONQ_SWEEP_INTERVAL); follow it with `fusionq job {job_id}`"
-                ) from None
-        return job_id
+        return store_and_send(self.settings, self.dispatcher, text_list(texts), classifier_ref=None, mode=Mode.LLM,
+                              key=idempotency_key, on_stored=self._listener.listen, labels=job_labels,
+                              multi_label=multi_label, llm_source=Source(source))
 
     def progress(self, job_id: uuid.UUID | str) -> JobProgress:
         """Counts and status of a job, from the database."""

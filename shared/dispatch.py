@@ -36,6 +36,11 @@ class Dispatcher(Protocol):
 
     def close(self) -> None: ...
 
+    # What the broker holds, for readiness and metrics (a broker that cannot tell raises).
+    def live_workers(self) -> dict[str, dict]: ...
+
+    def queue_depths(self, queues) -> dict[str, int]: ...
+
 
 def chunks(ids: Sequence[int], size: int) -> list[list[int]]:
     """``ids`` cut into runs of at most ``size``: one message each."""

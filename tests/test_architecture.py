@@ -36,7 +36,7 @@ def layer(module: str) -> str:
         return "store"
     if module.startswith("shared.service"):
         return "service"
-    if module in INTERFACES or module.startswith("shared.cli."):
+    if module in INTERFACES or module.startswith(("shared.cli.", "shared.api")):
         return "interfaces"
     raise AssertionError(f"{module} is in no layer: add it to one in tests/test_architecture.py and DESIGN-NOTES")
 

@@ -52,6 +52,18 @@ class CeleryDispatcher:
     def close(self) -> None:
         self.app.close()
 
+    def live_workers(self) -> dict[str, dict]:
+        """Workers that announced themselves recently: hostname -> queues, pid, time (``workers.presence``)."""
+        from workers.presence import live_workers
+
+        return live_workers(self.app)
+
+    def queue_depths(self, queues) -> dict[str, int]:
+        """Messages waiting in each of ``queues``."""
+        from workers.presence import queue_depths
+
+        return queue_depths(self.app, queues)
+
 
 class EmbeddedDispatcher(CeleryDispatcher):
     """A Celery app on ``memory://`` whose worker runs in this process; stopped by :meth:`close`."""

@@ -22,10 +22,10 @@ import logging
 from celery import Celery
 from pydantic import ValidationError
 
-from shared.client import FusionqClient
 from shared.dispatch import TaskName
 from shared.errors import FusionqError
 from shared.schemas import BrokerJobRequest
+from shared.service.submit import submit_job
 from workers.retry import DB_RETRY
 
 log = logging.getLogger(__name__)
@@ -33,10 +33,10 @@ log = logging.getLogger(__name__)
 
 def register(app: Celery, *, settings) -> None:
     @functools.cache
-    def client() -> FusionqClient:  # one per worker process, sending on this worker's broker
+    def dispatcher():  # one per worker process, sending on this worker's broker
         from workers.dispatch import CeleryDispatcher  # imported late: workers.dispatch imports this app's factory
 
-        return FusionqClient(settings, dispatcher_factory=lambda _s: CeleryDispatcher(app, check=False))
+        return CeleryDispatcher(app, check=False)
 
     @app.task(name=str(TaskName.SUBMIT), bind=True, shared=False, **DB_RETRY)
     def submit(self, request: dict) -> dict:
@@ -44,8 +44,8 @@ def register(app: Celery, *, settings) -> None:
         reply_to = request.get("reply_to") if isinstance(request, dict) else None
         try:
             job = BrokerJobRequest.model_validate(request)
-            job_id = client().submit(job.texts, job.classifier, str(job.mode), idempotency_key=job.idempotency_key,
-                                     **job.submit_options())
+            job_id = submit_job(settings, dispatcher(), job.texts, job.classifier, str(job.mode),
+                                idempotency_key=job.idempotency_key, **job.submit_options())
             answer = {"job_id": str(job_id), "idempotency_key": job.idempotency_key, "status": "accepted"}
         except (ValidationError, FusionqError) as exc:
             message = _describe(exc)

@@ -193,9 +193,7 @@ def readiness(client: FusionqClient, settings: Settings) -> dict[str, str]:
         checks["broker"] = checks["workers"] = "ok"  # in-process: up as long as this process is
         return checks
     try:
-        from workers.presence import live_workers
-
-        live = live_workers(client.dispatcher.app)
+        live = client.dispatcher.live_workers()
         checks["broker"] = "ok"
     except Exception as exc:  # noqa: BLE001
         checks["broker"] = f"unreachable: {type(exc).__name__}"

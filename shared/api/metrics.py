@@ -73,14 +73,12 @@ def _database_figures(session):
 
 
 def _broker_figures(client):
-    from workers.presence import live_workers, queue_depths
-
-    app = client.dispatcher.app
+    dispatcher = client.dispatcher
     depth = GaugeMetricFamily("fusionq_queue_depth", "Messages waiting in each queue.", labels=["queue"])
-    for queue, n in queue_depths(app, QUEUES).items():
+    for queue, n in dispatcher.queue_depths(QUEUES).items():
         depth.add_metric([queue], n)
     yield depth
-    workers = live_workers(app)
+    workers = dispatcher.live_workers()
     per_queue = GaugeMetricFamily("fusionq_workers", "Live worker processes per queue (heartbeat within 20 s).",
                                   labels=["queue"])
     for queue in QUEUES:

@@ -1,13 +1,14 @@
-"""Storing a job: check its texts and modes, plan its tiers, write it in one transaction.
+"""Submitting a job: check its texts and modes, plan its tiers, write it in one transaction, then
+send its messages. Every way in (the Python client, the HTTP API through it, the broker's
+``fusionq.submit`` task) goes through :func:`submit_job`.
 
-The caller (the client) sends the returned messages only after this commits, so a worker always
-finds the rows it is told about.
+Messages are sent only after the commit, so a worker always finds the rows it is told about.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sqlalchemy.exc import IntegrityError
 
@@ -17,11 +18,11 @@ from shared.db.jobs import NewItem, create_job, job_for_idempotency_key
 from shared.db.llm import queued_request_batches
 from shared.db.models import Classifier
 from shared.db.registry import find_classifier
-from shared.dispatch import LLM_TASKS, TaskName
-from shared.errors import InputError
+from shared.dispatch import LLM_TASKS, Dispatcher, TaskName
+from shared.errors import BrokerUnavailable, InputError
 from shared.llm.prompts import PROMPT_VERSION
 from shared.llm.sources import configured_sources
-from shared.service.policy import Budget, parse_tiers, resolve_tiers
+from shared.service.policy import Budget, check_mode, parse_tiers, resolve_tiers
 from shared.settings import Settings
 from shared.textio import text_hash, text_problem
 from shared.vocab import Mode
@@ -30,6 +31,63 @@ from shared.vocab import Mode
 REFUSED_TEXT_PREFIX_CHARS = 1000
 
 Sends = list[tuple[str, list[int]]]
+
+
+def text_list(texts) -> list[str]:
+    """The texts of a job as a list, refusing a bare string and an empty list."""
+    if isinstance(texts, (str, bytes)):
+        raise InputError("texts must be a list of strings, not a single string: wrap it as [text]")
+    texts = list(texts)
+    if not texts:
+        raise InputError("no texts to classify: submit at least one")
+    return texts
+
+
+def submit_job(settings: Settings, dispatcher: Dispatcher, texts: Sequence[str], classifier: str, mode: str = Mode.FAST,
+               *, idempotency_key: str | None = None, item_modes: Sequence[str | None] | None = None,
+               budget_share: float | None = None, budget_items: int | None = None, budget_usd: float | None = None,
+               notify: dict | None = None, on_stored: Callable[[uuid.UUID], None] | None = None) -> uuid.UUID:
+    """Check a classification job, store it and send its messages; its id (see ``FusionqClient.submit``).
+
+    ``on_stored`` runs between the commit and the first message (the client subscribes to the job's
+    completion there, so its end cannot go unseen)."""
+    mode = check_mode(mode)
+    texts = text_list(texts)
+    if item_modes is not None:
+        item_modes = list(item_modes)
+        if len(item_modes) != len(texts):
+            raise InputError(f"item_modes has {len(item_modes)} entries for {len(texts)} texts: give one per text (None keeps the job's)")
+        item_modes = [None if own is None else check_mode(own, where=f"item_modes[{position}]")
+                      for position, own in enumerate(item_modes)]
+    used = {mode} | {m for m in item_modes or () if m}
+    budget = Budget.of(len(texts), share=budget_share, items=budget_items, usd=budget_usd)
+    if not budget.unlimited and Mode.AUTO not in used:
+        raise InputError("a budget caps auto escalation; this job has no item in mode auto "
+                         "(full and llm modes ask the LLM for every item by definition)")
+    return store_and_send(settings, dispatcher, texts, classifier_ref=classifier, mode=mode, key=idempotency_key,
+                          on_stored=on_stored, item_modes=item_modes, used_modes=used, budget=budget,
+                          notify=notify or None)
+
+
+def store_and_send(settings: Settings, dispatcher: Dispatcher, texts: list[str], *, classifier_ref: str | None,
+                   mode: str, key: str | None, on_stored: Callable[[uuid.UUID], None] | None = None,
+                   **job) -> uuid.UUID:
+    """Store the job (:func:`store_job`), then send its messages; a broker failure after the commit
+    says the job is stored and that the sweeper will send what is missing."""
+    job_id, sends = store_job(settings, texts, classifier_ref=classifier_ref, mode=mode, key=key, **job)
+    if sends and on_stored is not None:
+        on_stored(job_id)
+    for sent, (task, batch) in enumerate(sends):
+        try:
+            dispatcher.send(task, str(job_id), batch)
+        except BrokerUnavailable as exc:
+            raise BrokerUnavailable(
+                f"job {job_id} is stored, but {len(sends) - sent} of its {len(sends)} messages were not enqueued: "
+                f"{exc}. Nothing is lost: once the broker is back, the sweeper finds them missing there and re-sends "
+                f"them within ~{settings.item_lease_seconds + settings.sweep_interval:.0f}s "
+                f"(FUSIONQ_ITEM_LEASE_SECONDS + FUSIONQ_SWEEP_INTERVAL); follow it with `fusionq job {job_id}`"
+            ) from None
+    return job_id
 
 
 def new_items(texts: Sequence[str], *, max_chars: int, item_modes: Sequence[str | None] | None = None) -> list[NewItem]:
