@@ -121,8 +121,8 @@ def wait_surviving_outages(cluster: Cluster, job_id, timeout: float = 240.0) -> 
 
 def audit(cluster: Cluster, job_id) -> dict:
     """Items lost (not finished, or done without a prediction), duplicate predictions, and work done
-    again: encoder batches and LLM requests started more than once (``reprocessed``), aggregator
-    messages the sweeper re-sent (each a no-op if the first one arrived)."""
+    again: encoder batches and LLM requests started more than once (``reprocessed``), and items
+    whose message was lost and that the sweeper sent again (``lost_message_resends``)."""
     with session_for(cluster.settings.effective_database_url) as session:
         items = session.execute(sa.select(Item.id, Item.status, Item.attempts, Item.resends)
                                 .where(Item.job_id == job_id)).all()
@@ -136,7 +136,7 @@ def audit(cluster: Cluster, job_id) -> dict:
     return {"items": len(items), "lost": lost, "duplicates": sum(max(n - 1, 0) for n in per_item.values()),
             "failed": sum(i.status == "failed" for i in items), "flagged": flagged,
             "reprocessed": sum(max(i.attempts - 1, 0) for i in items) + sum(max(a - 1, 0) for a in request_attempts),
-            "aggregator_resends": sum(i.resends for i in items)}
+            "lost_message_resends": sum(i.resends for i in items)}
 
 
 def report(fault: str, recovered_s: float, result: dict) -> None:
@@ -326,7 +326,7 @@ def test_two_beat_processes_at_once_keep_the_sweep_correct(cluster):
     try:
         result, _ = fault_mid_job(cluster, "two beat processes, FLUSHALL mid-job", 39,
                                   redis.Redis.from_url(REDIS_URL).flushdb)
-        assert result["aggregator_resends"] <= result["items"]  # each lost message re-sent once, not once per beat
+        assert result["lost_message_resends"] <= result["items"]  # each lost message re-sent once, not once per beat
     finally:
         stop_worker(cluster.procs.pop("beat-2"))
 
