@@ -1,6 +1,7 @@
 """Cost per item as jobs grow: texts/s and worker memory for 1k, 10k and 100k-item fast jobs.
 
     HF_HUB_OFFLINE=1 python bench/job_scaling.py --sizes 1000,10000,100000
+    HF_HUB_OFFLINE=1 python bench/job_scaling.py --sizes 10000 --embed-workers 2   # horizontal scaling
 
 Real Redis and Postgres on 127.0.0.1, separate `embed` and `fusion` worker processes as the
 README starts them; texts are AG News (train then test, repeated to reach the size). For each job:
@@ -30,11 +31,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default="../shared/data/ag_news")
     parser.add_argument("--sizes", default="1000,10000,100000")
+    parser.add_argument("--embed-workers", type=int, default=1, help="embed worker processes on the one queue")
     parser.add_argument("--out", default="bench/out/job_scaling.json")
     args = parser.parse_args()
     folder = Path(args.data_dir)
     pool = read_texts(folder / "train.csv") + read_texts(folder / "test.csv")
-    result = {**machine(), "jobs": []}
+    result = {**machine(), "embed_workers": args.embed_workers, "jobs": []}
     print(f"CPU: {result['cpu']}", flush=True)
     with scratch_services("fusionq-scaling-") as (database_url, tmp):
         settings = Settings(home=tmp, database_url=database_url, broker_url=REDIS, artifact_dir=tmp / "artifacts")
@@ -44,7 +46,8 @@ def main() -> int:
                "FUSIONQ_ARTIFACT_DIR": str(settings.artifact_dir), "HF_HUB_OFFLINE": "1"}
         procs = {}
         try:
-            procs["embed"] = start_worker("embed", env=env, log_dir=tmp / "logs")
+            for n in range(args.embed_workers):
+                procs["embed" if n == 0 else f"embed-{n + 1}"] = start_worker("embed", env=env, log_dir=tmp / "logs")
             procs["fusion"] = start_worker("fusion", env={**env, "FUSIONQ_TORCH_THREADS": "1"}, log_dir=tmp / "logs")
             with FusionqClient(settings) as client:
                 client.wait(client.submit(pool[:256], "bench"), timeout=600)  # models load
