@@ -37,8 +37,8 @@ def _queued_item_conditions(statuses: Sequence[str], queued_before: dt.datetime,
     return conditions
 
 
-def queued_item_ids(*, session: Session, statuses: Sequence[str], queued_before: dt.datetime, limit: int,
-                    without_queued_request: bool = False) -> list[int]:
+def queued_item_ids(*, session: Session, statuses: Sequence[str], queued_before: dt.datetime,
+                    limit: int | None = None, without_queued_request: bool = False) -> list[int]:
     """Ids of unclaimed items in ``statuses`` queued before ``queued_before``; read, not locked: most
     of them have a message in the broker, and only the lost ones are then moved, by
     :func:`requeue_lost_items`, which checks the same conditions again.
@@ -86,7 +86,7 @@ def _queued_request_conditions(queued_before: dt.datetime) -> list:
             LlmRequest.updated_at < queued_before]
 
 
-def queued_requests(*, session: Session, queued_before: dt.datetime, limit: int) -> list:
+def queued_requests(*, session: Session, queued_before: dt.datetime, limit: int | None = None) -> list:
     """Unclaimed LLM requests queued before ``queued_before`` (id, item_id, source); read, not locked
     (as :func:`queued_item_ids`)."""
     return session.execute(sa.select(LlmRequest.id, LlmRequest.item_id, LlmRequest.source)

@@ -93,11 +93,12 @@ def sweep(session: Session, settings: Settings, *, in_flight: InFlightView | Non
     _sweep_lapsed_request_claims(session, settings, now, limit, result)
     if before is not None:
         queued_before = now - dt.timedelta(seconds=settings.item_lease_seconds)
-        pending = queued_item_ids(session=session, statuses=(ItemStatus.PENDING,), queued_before=queued_before,
-                                  limit=limit)
-        requests = queued_requests(session=session, queued_before=queued_before, limit=limit)
+        # every queued row, however long the backlog (ids only, unlocked): a lost message at its
+        # tail must not wait for the head to drain
+        pending = queued_item_ids(session=session, statuses=(ItemStatus.PENDING,), queued_before=queued_before)
+        requests = queued_requests(session=session, queued_before=queued_before)
         unfused = queued_item_ids(session=session, statuses=WAITING_FOR_AGGREGATOR, queued_before=queued_before,
-                                  limit=limit, without_queued_request=True)
+                                  without_queued_request=True)
         after = in_flight()
         if after is not None:
             seen = {task: before.get(task, set()) | after.get(task, set()) for task in {*before, *after}}
