@@ -9,10 +9,12 @@ idempotency key, retrying a failed submit with the same key (so a submit that fa
 finished, not duplicated). Meanwhile a scheduler injects, at random intervals, one of: SIGKILL of
 a worker (embed, fusion, llm_local, the sweeper's), SIGSTOP of the encoder past its lease, a
 FLUSHDB of the broker, a Redis restart, a Postgres restart or outage, a second beat, and LLM
-429/500/hang/garbage spells; a killed worker is started again after a few seconds, as a
-supervisor would. At the end it waits for every job and counts, over all items: predicted once,
+429/500/hang/garbage spells. The workers run under a supervisor, as in production: one the
+scheduler killed is started again after a few seconds, one that exits by itself at once (and is
+recorded). At the end it waits for every job and counts, over all items: predicted once,
 predicted twice, lost (not finished), failed (grouped by reason) and flagged, with worker memory
-over the run. Restarting Redis and Postgres touches the whole box: run it alone.
+over the run. Restarting Redis and Postgres touches the whole box: run it alone, and from a clone
+of the commit (the workers import the working tree: an edit mid-run changes them).
 """
 
 from __future__ import annotations
@@ -96,11 +98,28 @@ def client_loop(settings: Settings, deadline: float, seed: int, out_path: str) -
 
 
 class Box:
-    """The worker processes; a killed one is started again after a pause, like a supervisor would."""
+    """The worker processes, under a supervisor: one the scheduler killed is started again after a
+    pause; one that exits by itself is started again at once and recorded as a crash."""
 
     def __init__(self, env: dict, log_dir: Path) -> None:
         self.env, self.log_dir, self.procs, self.restarts = env, log_dir, {}, Counter()
         self.lock = threading.Lock()
+        self.crashes: list[dict] = []
+
+    def supervise(self, stop: threading.Event, t0: float) -> None:
+        """Every 2 s until ``stop``: restart workers that exited without being told to, as compose's
+        ``restart: unless-stopped`` or Kubernetes would."""
+        while not stop.wait(2):
+            with self.lock:
+                exited = [(name, proc) for name, proc in self.procs.items() if proc.poll() is not None]
+                for name, _ in exited:
+                    del self.procs[name]
+            for name, proc in exited:
+                self.crashes.append({"at_s": round(time.monotonic() - t0), "worker": name, "exit": proc.returncode,
+                                     "why": _last_error(proc.log_path)})
+                print(f"[{self.crashes[-1]['at_s']:5d} s] {name} exited by itself ({proc.returncode}); restarted",
+                      file=sys.stderr, flush=True)
+                self.start(name)
 
     def start(self, name: str) -> None:
         options = {"llm_local": {"pool": "threads", "concurrency": 4}}.get(name, {})
@@ -128,6 +147,12 @@ class Box:
             except ProcessLookupError:
                 pass
             stop_worker(proc)
+
+
+def _last_error(log_path: Path) -> str:
+    """The last CRITICAL or ERROR line of a worker's log: why it exited."""
+    lines = [line for line in log_path.read_text(errors="replace").splitlines() if "CRITICAL" in line or "ERROR" in line]
+    return lines[-1][:300] if lines else "no error logged"
 
 
 def inject(fault: str, box: Box, llm: FakeOpenAIServer, rng: random.Random, lease: int) -> None:
@@ -242,9 +267,11 @@ def main() -> int:
                 row = {"t_s": round(time.monotonic() - t0)}
                 for name, pid in pids.items():
                     try:
-                        row[name] = round(rss_mb(pid))
-                    except OSError:
-                        pass
+                        rss = rss_mb(pid)
+                    except OSError:  # it was killed a moment ago
+                        continue
+                    if rss == rss:  # NaN: a process being reaped has no resident size
+                        row[name] = round(rss)
                 memory.append(row)
 
         records_dir = tmp / "clients"
@@ -254,6 +281,7 @@ def main() -> int:
             for name in ("fusion", "embed", "llm_local", "maintenance", "beat"):
                 box.start(name)
             threading.Thread(target=sample, daemon=True).start()
+            threading.Thread(target=box.supervise, args=(stop_sampling, time.monotonic()), daemon=True).start()
             deadline = time.time() + args.minutes * 60
             spawn = multiprocessing.get_context("spawn")
             client_settings = settings.model_copy(update={"llm_local": llm_spec})
@@ -279,6 +307,7 @@ def main() -> int:
             stop_sampling.set()
             result["counts"] = audit(url, records)
             result["worker_restarts"] = dict(box.restarts)
+            result["worker_crashes"] = box.crashes
             result["memory_mb"] = memory
             result["memory_summary"] = summarize_memory(memory)
         finally:
