@@ -308,6 +308,8 @@ def main() -> int:
             result["counts"] = audit(url, records)
             result["worker_restarts"] = dict(box.restarts)
             result["worker_crashes"] = box.crashes
+            result["fault_counts"] = dict(Counter(f["fault"] for f in result["faults"]))
+            write_result(result, args.out)  # before the cleanup: the counts are the run's point
             result["memory_mb"] = memory
             result["memory_summary"] = summarize_memory(memory)
         finally:
@@ -316,8 +318,6 @@ def main() -> int:
                 if proc.is_alive():
                     proc.kill()
             box.stop_all()
-    result["fault_counts"] = dict(Counter(f["fault"] for f in result["faults"]))
-    write_result(result, args.out)
     counts = result.get("counts", {})
     ok = counts.get("lost") == 0 and counts.get("predicted_twice_or_more") == 0 and counts.get("jobs_not_completed") == 0
     return 0 if ok else 1

@@ -46,7 +46,7 @@ def scratch_services(prefix: str = "fusionq-bench-", *, redis_url: str = REDIS):
     from shared.db.engine import dispose_engines, upgrade
 
     db_name = f"fusionq_bench_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT", pool_pre_ping=True)  # survives a restart
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{db_name}"'))
     redis.Redis.from_url(redis_url).flushdb()
