@@ -9,7 +9,7 @@ idempotency key, retrying a failed submit with the same key (so a submit that fa
 finished, not duplicated). Meanwhile a scheduler injects, at random intervals, one of: SIGKILL of
 a worker (embed, fusion, llm_local, the sweeper's), SIGSTOP of the encoder past its lease, a
 FLUSHDB of the broker, a Redis restart, a Postgres restart or outage, a second beat, and LLM
-429/500/hang/garbage spells. The workers run under a supervisor, as in production: one the
+429/500/hang/garbage spells, each fault once per round in a shuffled order. The workers run under a supervisor, as in production: one the
 scheduler killed is started again after a few seconds, one that exits by itself at once (and is
 recorded). At the end it waits for every job and counts, over all items: predicted once,
 predicted twice, lost (not finished), failed (grouped by reason) and flagged, with worker memory
@@ -289,10 +289,12 @@ def main() -> int:
                 clients.append(spawn.Process(target=client_loop, args=(client_settings, deadline, args.seed * 100 + n,
                                                                        str(records_dir / f"client-{n}.jsonl"))))
                 clients[-1].start()
-            started = time.monotonic()
+            started, deck = time.monotonic(), []
             while time.time() < deadline - 30:
                 time.sleep(rng.uniform(*args.fault_every))
-                fault = rng.choice(faults)
+                if not deck:  # every fault once per round, in a random order: none left out of a run
+                    deck = rng.sample(faults, len(faults))
+                fault = deck.pop()
                 at = round(time.monotonic() - started)
                 print(f"[{at:5d} s] {fault}", file=sys.stderr, flush=True)
                 inject(fault, box, llm, rng, settings.item_lease_seconds)
