@@ -23,7 +23,7 @@ def main() -> int:
     report = Path(tempfile.mkstemp(suffix=".jsonl")[1])
     report.write_text("")
     code = subprocess.call([sys.executable, "-m", "pytest", "-q", "tests/faults/test_faults.py"], cwd=ROOT,
-                           env={**os.environ, "FUSIONQ_FAULT_REPORT": str(report), "HF_HUB_OFFLINE": "1"})
+                           env={**os.environ, "FUSIONQ_TEST_FAULT_REPORT": str(report), "HF_HUB_OFFLINE": "1"})
     rows = [json.loads(line) for line in report.read_text().splitlines() if line.strip()]
     out = ROOT / "bench" / "out" / "faults.json"
     out.parent.mkdir(parents=True, exist_ok=True)

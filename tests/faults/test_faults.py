@@ -2,7 +2,7 @@
 Postgres and a loopback LLM, all with the shipped lease and sweep settings (15 s claims renewed by
 a heartbeat, a sweep every 10 s). Each test breaks something in the middle of a job and checks
 that the job completes with exactly one final prediction per item and nothing lost; it reports
-how long recovery took (and appends a line to $FUSIONQ_FAULT_REPORT when set, for bench/faults.py).
+how long recovery took (and appends a line to $FUSIONQ_TEST_FAULT_REPORT when set, for bench/faults.py).
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ def audit(cluster: Cluster, job_id) -> dict:
 def report(fault: str, recovered_s: float, result: dict) -> None:
     line = {"fault": fault, "recovered_s": round(recovered_s, 2), **result}
     print(f"\nFAULT {json.dumps(line)}")
-    path = os.environ.get("FUSIONQ_FAULT_REPORT")
+    path = os.environ.get("FUSIONQ_TEST_FAULT_REPORT")  # FUSIONQ_TEST_*: the one prefix conftest leaves set
     if path:
         with open(path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(line) + "\n")
