@@ -311,9 +311,9 @@ def main() -> int:
             result["worker_restarts"] = dict(box.restarts)
             result["worker_crashes"] = box.crashes
             result["fault_counts"] = dict(Counter(f["fault"] for f in result["faults"]))
-            write_result(result, args.out)  # before the cleanup: the counts are the run's point
-            result["memory_mb"] = memory
             result["memory_summary"] = summarize_memory(memory)
+            result["memory_mb"] = memory
+            write_result(result, args.out)  # before the cleanup: the counts are the run's point
         finally:
             stop_sampling.set()
             for proc in clients:
@@ -342,7 +342,7 @@ def wait_until_complete(url: str, timeout: float) -> float | None:
 
 def summarize_memory(rows: list[dict]) -> dict:
     """Per worker: resident MB at the first and last sample and the highest."""
-    names = sorted({k for row in rows for k in row if k != "t_s"})
+    names = sorted({k for row in rows for k in row if k != "t_s"})  # empty when no sample was taken
     return {name: {"first": next(r[name] for r in rows if name in r), "last": next(r[name] for r in reversed(rows) if name in r),
                    "max": max(r[name] for r in rows if name in r)} for name in names}
 
