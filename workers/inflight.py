@@ -44,10 +44,15 @@ def in_flight_view(app: Celery, *, grace_seconds: float) -> Callable[[], InFligh
     return read
 
 
+def queue_keys(channel, queue: str) -> set[str]:
+    """The Redis lists kombu keeps for ``queue``: one per priority step."""
+    return {channel._q_for_pri(queue, pri) for pri in channel.priority_steps}
+
+
 def _redis_messages(channel, grace_seconds: float) -> Iterable[dict]:
     client = channel.client
     for queue in WORK_QUEUES:
-        for key in {channel._q_for_pri(queue, pri) for pri in channel.priority_steps}:
+        for key in queue_keys(channel, queue):
             for raw in client.lrange(key, 0, -1):
                 yield _loads(raw)
     recent = client.zrangebyscore(channel.unacked_index_key, time.time() - grace_seconds, "+inf")

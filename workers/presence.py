@@ -16,6 +16,8 @@ import time
 
 from celery import Celery
 
+from workers.inflight import queue_keys
+
 log = logging.getLogger(__name__)
 
 KEY_PREFIX = "fusionq:worker:"
@@ -64,6 +66,4 @@ def queue_depths(app: Celery, queues) -> dict[str, int]:
     """Messages waiting in each queue (Redis list lengths, priority lists included)."""
     with app.connection_for_read() as connection:
         channel = connection.default_channel
-        return {queue: sum(channel.client.llen(key) for key in {channel._q_for_pri(queue, p)
-                                                                for p in channel.priority_steps})
-                for queue in queues}
+        return {queue: sum(channel.client.llen(key) for key in queue_keys(channel, queue)) for queue in queues}
