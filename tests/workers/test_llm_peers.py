@@ -5,8 +5,8 @@ stage of the embedded worker.
 `transformers serve` ignores `logprobs`, so the scorer must notice their absence and fall back to
 asking for a JSON vote; a random model cannot write one, so each answer must end as a recorded,
 explained failure (never a default class, never a crash) and the job must still complete. What
-this proves is the protocol: requests it accepts, answers we read. (llama.cpp's server is the other
-peer the issue names; building llama-cpp-python from source was left out, see docs/BENCHMARKS.md.)
+this proves is the protocol: requests it accepts, answers we read. The other peer, llama.cpp's
+server, returns logprobs: tests/workers/test_llm_peer_llamacpp.py (needs the llamacpp extra).
 """
 
 from __future__ import annotations
