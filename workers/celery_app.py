@@ -12,8 +12,7 @@ import os
 import signal
 
 from celery import Celery
-from celery.signals import (task_postrun, worker_init, worker_process_init, worker_process_shutdown, worker_ready,
-                            worker_shutdown)
+from celery.signals import task_postrun, worker_init, worker_process_init, worker_ready
 from kombu import Queue
 
 from shared.db.engine import dispose_engines, test_connections_before_use
@@ -22,7 +21,6 @@ from shared.dispatch import TaskName
 from workers import embed, fusion, llm_api, llm_local, maintenance, submit
 from workers.memory import resident_mb
 from workers.presence import start_announcing
-from workers.write_behind import writer
 
 log = logging.getLogger(__name__)
 
@@ -114,14 +112,6 @@ def _recycle_when_over_memory(sender=None, **_kwargs) -> None:
         log.warning("worker uses %.0f MB, over FUSIONQ_WORKER_MAX_MEMORY_MB=%d: warm shutdown for a fresh process",
                     resident, limit_kib // 1024)
         os.kill(os.getpid(), signal.SIGTERM)
-
-
-@worker_shutdown.connect
-@worker_process_shutdown.connect
-def _finish_background_write(**_kwargs) -> None:
-    """A worker leaving (warm shutdown, memory recycling, a prefork child's exit) commits the batch it
-    acknowledged first; if it cannot, that batch's lease lapses and the sweeper sends it again."""
-    writer.drain(timeout=60)
 
 
 @worker_ready.connect

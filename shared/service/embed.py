@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -27,39 +26,21 @@ def embed_stage(settings: Settings, *, job_id: str, item_ids: list[int]) -> list
     finished here, the others get their features stored. Returns the ids the aggregator must now fuse.
 
     The claim's lease is renewed while the batch runs; every write names the claim's token, so a
-    worker paused past its lease (its work sent again meanwhile) writes nothing when it wakes.
-    The embed worker runs the same two steps apart (workers.embed): it stores one batch while it
-    encodes the next."""
+    worker paused past its lease (its work sent again meanwhile) writes nothing when it wakes."""
     held = claim(settings, job_id, item_ids)
     if not held.items:
         return []
     with held.heartbeat(settings):
-        return store_encoded(settings, held, encode_claimed(settings, held))
+        return _embed_claimed(settings, held)
 
 
-@dataclass
-class EncodedBatch:
-    """What encoding a claim produced: a feature vector per encoded item, an error per failed one."""
-
-    vectors: dict[int, np.ndarray]
-    errors: dict[int, str]
-
-
-def encode_claimed(settings: Settings, held: StageClaim) -> EncodedBatch:
-    """The CPU/GPU half of the stage; it writes nothing."""
+def _embed_claimed(settings: Settings, held: StageClaim) -> list[int]:
+    job, claimed = held.job, held.items
     specs = specs_from_dict(held.classifier.encoder_spec)
     try:
-        vectors, errors = _encode_isolating_failures(specs, held.items, settings)
+        vectors, errors = _encode_isolating_failures(specs, claimed, settings)
     except EncoderError as exc:  # the encoder itself cannot load: retrying the same message cannot help
-        vectors, errors = {}, {item.id: str(exc) for item in held.items}
-    return EncodedBatch(vectors, errors)
-
-
-def store_encoded(settings: Settings, held: StageClaim, encoded: EncodedBatch) -> list[int]:
-    """The database half, one transaction fenced by the claim's token: fast-mode items finished,
-    features stored for the rest, failures recorded. Returns the ids the aggregator must now fuse."""
-    job, claimed = held.job, held.items
-    vectors = dict(encoded.vectors)
+        vectors, errors = {}, {item.id: str(exc) for item in claimed}
     fast = [item.id for item in claimed if item.id in vectors and (item.mode or job.mode) == Mode.FAST]
     artifact = _artifact_or_none(held.classifier) if fast else None
     if artifact is None:
@@ -70,11 +51,10 @@ def store_encoded(settings: Settings, held: StageClaim, encoded: EncodedBatch) -
             finish_fast_items(session, job, artifact, np.stack([vectors.pop(i) for i in fast]), fast, token=held.token)
         if vectors:
             dim = len(next(iter(vectors.values())))
-            moved = store_features(session=session, encoder_key=features_key(specs_from_dict(held.classifier.encoder_spec)),
-                                   dim=dim, token=held.token,
+            moved = store_features(session=session, encoder_key=features_key(specs), dim=dim, token=held.token,
                                    vectors={item_id: vector.tobytes() for item_id, vector in vectors.items()})
-        if encoded.errors:
-            failed = mark_failed(session=session, errors=encoded.errors, token=held.token)
+        if errors:
+            failed = mark_failed(session=session, errors=errors, token=held.token)
             count_finished(session=session, job_id=job.id, failed=sum(failed.values()))
     return moved
 
