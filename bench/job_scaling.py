@@ -24,6 +24,7 @@ from shared.client import FusionqClient  # noqa: E402
 from shared.demo import stratified_sample  # noqa: E402
 from shared.service.training import train_classifier  # noqa: E402
 from shared.settings import Settings  # noqa: E402
+from shared.errors import DataFileError  # noqa: E402
 from shared.textio import read_labelled, read_texts  # noqa: E402
 from workers.launch import start_worker, stop_worker  # noqa: E402
 
@@ -35,7 +36,11 @@ def main() -> int:
     parser.add_argument("--out", default="bench/out/job_scaling.json")
     args = parser.parse_args()
     folder = Path(args.data_dir)
-    pool = read_texts(folder / "train.csv") + read_texts(folder / "test.csv")
+    try:
+        pool = read_texts(folder / "train.csv") + read_texts(folder / "test.csv")
+    except DataFileError as exc:
+        print(f"{exc}: pass --data-dir, a folder with train.csv and test.csv (text,label)", file=sys.stderr)
+        return 2
     result = {**machine(), "embed_workers": args.embed_workers, "jobs": []}
     print(f"CPU: {result['cpu']}", flush=True)
     with scratch_services("fusionq-scaling-") as (database_url, tmp):
