@@ -26,6 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import machine  # noqa: E402
 from shared.service.autofusion import AutoFusionClassifier  # noqa: E402
 from shared.encoders.finetune import FinetuneConfig  # noqa: E402
 from shared.encoders.hf import get_encoder  # noqa: E402
@@ -77,7 +78,9 @@ def score(decision, test: LabelledData, labels: list[str], multi_label: bool) ->
         true[row, [index[n] for n in names if n in index]] = True
     m = evaluate_predictions(true, decision.label_matrix.astype(bool), decision.confidence, labels,
                              multi_label=multi_label, probabilities=decision.probabilities)
-    out = {"accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4), "ece": round(m["ece"], 4)}
+    top70 = next(row["accuracy"] for row in m["coverage_accuracy"] if row["coverage"] == 0.7)
+    out = {"accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4), "ece": round(m["ece"], 4),
+           "accuracy_top70": round(top70, 4)}
     if multi_label:
         out["micro_f1"] = round(m["micro_f1"], 4)
     return out
@@ -103,7 +106,8 @@ def fit_and_test(name, train, dev, test, *, encoder, settings, finetune=None, tr
     fit_s = time.perf_counter() - started
     batch = clf.predict_batch(test.texts)
     labels, multi = clf.artifact_.labels, clf.artifact_.multi_label
-    row = {"run": name, "fit_seconds": round(fit_s, 1), **peak_memory(), "chosen": clf.report_["chosen"],
+    row = {"run": name, "seed": training.seed, "precision": str(clf.artifact_.encoders[0].precision),
+           "fit_seconds": round(fit_s, 1), **peak_memory(), "chosen": clf.report_["chosen"],
            "test": score(batch.decision, test, labels, multi), "validation": clf.report_["validation"],
            "report": clf.report_}
     print(f"  {name}: {row['test']} in {fit_s:.0f}s, chosen {row['chosen']}", flush=True)
@@ -158,14 +162,17 @@ def main() -> int:
     parser.add_argument("--finetune-lr", type=float, default=1e-4)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--seed", type=int, default=TrainingConfig().seed, help="training seed (heads, split)")
     parser.add_argument("--out", default="bench-results/fusion_accuracy.json")
     args = parser.parse_args()
     settings = Settings(home=Path(os.environ.get("FUSIONQ_HOME", "/tmp/fusionq-bench")), device=args.device)
-    training = TrainingConfig()
+    training = TrainingConfig(seed=args.seed)
     encoder = EncoderSpec(model=args.encoder, max_length=args.max_length)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     results = json.loads(out.read_text()) if out.exists() else {}
+    results["_machine"] = machine()
+    print(f"CPU: {results['_machine']['cpu']}", flush=True)
     data_dir = Path(args.data_dir)
     for name in args.datasets.split(","):
         train_file, test_file, dev_file, per_class = DATASETS[name]
