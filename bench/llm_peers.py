@@ -17,7 +17,6 @@ import argparse
 import collections
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,28 +34,11 @@ from shared.llm.prompts import LabelSet, single_label_messages  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.textio import read_texts  # noqa: E402
 from tests.support.gguf_llama import write_tiny_llama_gguf  # noqa: E402
+from tests.support.services import http_server  # noqa: E402
 from tests.test_api import free_port  # noqa: E402
 
 MODEL_NAME = "tiny-llama"
 ANSWER_LOGITS = {"A": 6.0, "B": 5.0, "C": 4.0, "D": 3.0}
-
-
-def start_llamacpp(model: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    with log.open("w") as handle:
-        proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias",
-                                 MODEL_NAME, "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"],
-                                stdout=handle, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(url + "/v1/models", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    proc.terminate()
-    raise SystemExit(f"llama.cpp's server did not start; its log: {log}\n{log.read_text()[-2000:]}")
 
 
 def main() -> None:
@@ -74,8 +56,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fusionq-peers-") as scratch:
         scratch = Path(scratch)
         model = write_tiny_llama_gguf(scratch / "tiny-llama.gguf", answer_logits=ANSWER_LOGITS)
-        proc, url = start_llamacpp(model, scratch / "server.log")
-        try:
+        port = free_port()
+        command = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", MODEL_NAME,
+                   "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"]
+        with http_server(command, port=port, ready_path="/v1/models", what="llama.cpp server",
+                         log=scratch / "server.log") as url:
             latencies, top_sizes = [], []
             for text in texts:
                 body = {"model": MODEL_NAME, "messages": single_label_messages(labels, text), "max_tokens": 1,
@@ -92,9 +77,6 @@ def main() -> None:
                 progress = client.wait(job_id, timeout=600)
                 results = client.results(job_id)
             job_seconds = time.perf_counter() - started
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
     logits = np.array(list(ANSWER_LOGITS.values()))
     expected = np.exp(logits) / np.exp(logits).sum()
     errors = [float(np.abs(np.array([r.probabilities[n] for n in labels.names]) - expected).max())

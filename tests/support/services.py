@@ -1,13 +1,16 @@
-"""Stop and start the box's Redis and PostgreSQL, for the fault tests and the chaos run.
+"""Stop and start the box's Redis and PostgreSQL, for the fault tests and the chaos run; run a
+peer HTTP server on loopback for a test.
 
 Redis is started as .ci/run starts it (no persistence), so a restart loses every message.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
+from pathlib import Path
 
 REDIS_CLI = ["redis-cli", "-h", "127.0.0.1", "-p", "6379"]
 
@@ -47,3 +50,28 @@ def postgres(action: str) -> None:
     if action != "stop":
         wait_for(lambda: subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1"]).returncode == 0, 60, "PostgreSQL",
                  every=0.1)
+
+
+@contextlib.contextmanager
+def http_server(command: list[str], *, port: int, ready_path: str, log: Path, what: str, timeout: float = 120):
+    """Run ``command`` (an HTTP server on loopback ``port``), wait until ``ready_path`` answers 200,
+    yield its base URL, stop it after. A server that dies while starting fails with its log's tail."""
+    import httpx
+
+    with log.open("w") as handle:
+        proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            return httpx.get(url + ready_path, timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return proc.poll() is not None  # stop waiting on a dead server; the assertion below says why
+
+    try:
+        wait_for(ready, timeout=timeout, what=what, every=0.5)
+        assert proc.poll() is None, log.read_text()[-3000:]
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -15,8 +15,6 @@ and records what the server returned (docs/BENCHMARKS.md).
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 
 import httpx
@@ -26,7 +24,7 @@ import pytest
 from shared.client import FusionqClient
 from shared.llm.prompts import LabelSet
 from shared.settings import Settings
-from tests.support.services import wait_for
+from tests.support.services import http_server
 from tests.test_api import free_port
 
 pytest.importorskip("llama_cpp.server", reason="llama.cpp's server needs pip install -e '.[llamacpp]' (a source build)")
@@ -44,26 +42,11 @@ def llamacpp_server(tmp_path_factory):
 
     model = write_tiny_llama_gguf(tmp_path_factory.mktemp("tiny-gguf") / "tiny-llama.gguf", answer_logits=ANSWER_LOGITS)
     port = free_port()
-    log = tmp_path_factory.mktemp("llamacpp-log") / "server.log"
-    with log.open("w") as handle:
-        proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias",
-                                 MODEL_NAME, "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"],
-                                stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        try:
-            return httpx.get(url + "/v1/models", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return proc.poll() is not None  # stop waiting on a dead server; the assertion below says why
-
-    try:
-        wait_for(ready, timeout=120, what="llama.cpp server", every=0.5)
-        assert proc.poll() is None, log.read_text()[-3000:]
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", MODEL_NAME,
+               "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048"]
+    with http_server(command, port=port, ready_path="/v1/models", what="llama.cpp server",
+                     log=tmp_path_factory.mktemp("llamacpp-log") / "server.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_llamacpp_chat_completions_carry_top_logprobs(llamacpp_server):

@@ -11,20 +11,17 @@ server, returns logprobs: tests/workers/test_llm_peer_llamacpp.py (needs the lla
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-import httpx
 import pytest
 
 from shared.client import FusionqClient
 from shared.llm.prompts import LabelSet
 from shared.settings import Settings
 from tests.conftest import _save_tiny_decoder
-from tests.support.services import wait_for
+from tests.support.services import http_server
 from tests.test_api import free_port
 
 pytest.importorskip("openai", reason="transformers serve needs pip install 'transformers[serving]'")
@@ -36,24 +33,9 @@ def transformers_server(tmp_path_factory):
     command = shutil.which("transformers", path=str(Path(sys.executable).parent))
     port = free_port()
     log = tmp_path_factory.mktemp("serve-log") / "serve.log"
-    with log.open("w") as handle:
-        proc = subprocess.Popen([command, "serve", model, "--port", str(port)], stdout=handle, stderr=subprocess.STDOUT,
-                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
-
-    def healthy() -> bool:
-        try:
-            return httpx.get(url + "/health", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return proc.poll() is not None  # stop waiting on a dead server; the assertion below says why
-
-    try:
-        wait_for(healthy, timeout=120, what="transformers serve", every=0.5)
-        assert proc.poll() is None, log.read_text()[-3000:]
+    with http_server([command, "serve", model, "--port", str(port)], port=port, ready_path="/health",
+                     what="transformers serve", log=log) as url:
         yield model, url, log
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def test_an_llm_only_job_through_transformers_serve_completes_with_explained_answers(tmp_path, transformers_server):
