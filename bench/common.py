@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import tempfile
 import threading
 import time
@@ -39,7 +40,7 @@ def scratch_services(prefix: str = "fusionq-bench-", *, redis_url: str = REDIS):
     """A fresh Postgres database and an empty Redis database (``redis_url``) for one benchmark;
     (database URL, scratch folder).
 
-    Dropped and emptied on the way out; stop the workers inside the block first."""
+    Dropped, emptied and removed on the way out; stop the workers inside the block first."""
     import redis
     import sqlalchemy as sa
 
@@ -51,10 +52,12 @@ def scratch_services(prefix: str = "fusionq-bench-", *, redis_url: str = REDIS):
         conn.execute(sa.text(f'CREATE DATABASE "{db_name}"'))
     redis.Redis.from_url(redis_url).flushdb()
     url = PG_ADMIN.rsplit("/", 1)[0] + f"/{db_name}"
+    scratch = Path(tempfile.mkdtemp(prefix=prefix))
     try:
         upgrade(url)
-        yield url, Path(tempfile.mkdtemp(prefix=prefix))
+        yield url, scratch
     finally:
+        shutil.rmtree(scratch, ignore_errors=True)
         dispose_engines()
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))

@@ -16,27 +16,21 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
-import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shared.client import FusionqClient  # noqa: E402
-from shared.db.engine import dispose_engines, upgrade  # noqa: E402
 from shared.demo import stratified_sample  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.textio import read_labelled, read_texts  # noqa: E402
 from shared.service.training import train_classifier  # noqa: E402
 from tests.support.fake_openai import FakeOpenAIServer  # noqa: E402
-from bench.common import MemorySampler  # noqa: E402
+from bench.common import REDIS, MemorySampler, scratch_services  # noqa: E402
 from workers.launch import start_beat, start_worker, stop_worker  # noqa: E402
 
-PG_ADMIN = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-REDIS = "redis://127.0.0.1:6379/12"
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
 
@@ -65,27 +59,18 @@ def main() -> int:
 
     pool = read_texts(args.data)
     texts = [pool[i % len(pool)] for i in range(args.n)]
-    db_name = f"fusionq_bench_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{db_name}"'))
-    tmp = Path(tempfile.mkdtemp(prefix="fusionq-bench-"))
-    import redis
-
-    redis.Redis.from_url(REDIS).flushdb()
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     procs: dict[str, object] = {}
     result: dict = {"date": time.strftime("%Y-%m-%d"), "model": MODEL, "data": args.data,
                     "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"}
-    with FakeOpenAIServer() as llm:
+    with scratch_services() as (database_url, tmp), FakeOpenAIServer() as llm:
         spec = f"openai:bench-llm@{llm.base_url}"
-        settings = Settings(home=tmp, database_url=PG_ADMIN.rsplit("/", 1)[0] + f"/{db_name}", broker_url=REDIS,
-                            artifact_dir=tmp / "artifacts", llm_local=spec)
+        settings = Settings(home=tmp, database_url=database_url, broker_url=REDIS, artifact_dir=tmp / "artifacts",
+                            llm_local=spec)
         env = {"FUSIONQ_DATABASE_URL": settings.database_url, "FUSIONQ_BROKER_URL": REDIS, "FUSIONQ_LLM_LOCAL": spec,
                "FUSIONQ_ARTIFACT_DIR": str(settings.artifact_dir), "FUSIONQ_SWEEP_INTERVAL": "10", "HF_HUB_OFFLINE": "1"}
         try:
-            upgrade(settings.effective_database_url)
             print("training a classifier with the loopback LLM as its local source (not timed) ...", flush=True)
             from shared.fusion.escalation import EscalationTarget
 
@@ -119,10 +104,6 @@ def main() -> int:
         finally:
             for proc in procs.values():
                 stop_worker(proc)
-            dispose_engines()
-            with admin.connect() as conn:
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
-            redis.Redis.from_url(REDIS).flushdb()
     (out_dir / "serving.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
