@@ -46,6 +46,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20, help="texts in the LLM-only job (from the demo sample)")
     parser.add_argument("--out", default="bench/out/llm_peers.json")
     args = parser.parse_args()
+    if args.n < 1:
+        parser.error("--n must be at least 1")  # exits 2
     try:
         import llama_cpp
     except ImportError:
