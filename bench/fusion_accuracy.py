@@ -51,12 +51,17 @@ DATASETS = {
 }
 
 
-def balanced_sample(data: LabelledData, per_class: int, *, seed: int = 0) -> LabelledData:
-    """``per_class`` rows of each class (by first label), drawn with a fixed seed."""
+def balanced_indices(data: LabelledData, per_class: int, *, seed: int = 0) -> np.ndarray:
+    """Row indices of ``per_class`` rows of each class (by first label), drawn with a fixed seed."""
     rng = np.random.default_rng(seed)
     first = np.array([labels[0] for labels in data.labels])
-    keep = np.sort(np.concatenate([rng.choice(np.flatnonzero(first == c), size=per_class, replace=False)
+    return np.sort(np.concatenate([rng.choice(np.flatnonzero(first == c), size=per_class, replace=False)
                                    for c in np.unique(first)]))
+
+
+def balanced_sample(data: LabelledData, per_class: int, *, seed: int = 0) -> LabelledData:
+    """``per_class`` rows of each class (by first label), drawn with a fixed seed."""
+    keep = balanced_indices(data, per_class, seed=seed)
     return replace(data, texts=[data.texts[i] for i in keep], labels=[data.labels[i] for i in keep],
                    source=f"{data.source} ({per_class} per class, seed {seed})")
 

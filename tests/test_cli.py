@@ -201,3 +201,21 @@ def test_multi_label_evaluate_prints_macro_and_micro_f1_by_name(home, tiny_bert_
     assert report["ece"] is not None and 0 <= report["ece"] <= 1 and 0 <= report["ece_exact_match"] <= 1
     md = (home / "sev" / "report.md").read_text()
     assert f"| macro-F1 | {report['macro_f1']:.4f} |" in md and f"| micro-F1 | {report['micro_f1']:.4f} |" in md
+
+
+def test_train_with_unlabeled_texts_self_trains_and_refuses_a_bad_file(home, topic_csvs, tiny_bert_path, capsys):
+    train_csv, test_csv = topic_csvs
+    # the test texts with their labels dropped (the label column is ignored)
+    assert main(["-q", "train", "--json", "--data", str(train_csv), "--name", "st", "--encoder", tiny_bert_path,
+                 "--unlabeled", str(test_csv)]) == 0
+    report = json.loads(capsys.readouterr().out)["self_training"]
+    assert report["offered"] == 30 and 0 <= report["pseudo_labelled"] <= 30
+    assert report["kept"] == (report["selection_score_after"] >= report["selection_score_before"])
+    empty = write_csv(home / "unl.csv", ["text"], [["the striker scored"], ["   "]])
+    assert main(["-q", "train", "--data", str(train_csv), "--name", "st", "--encoder", tiny_bert_path,
+                 "--unlabeled", str(empty)]) == 2
+    assert "unlabeled text(s) cannot be used (text 2: empty" in capsys.readouterr().err
+    no_text = write_csv(home / "nt.csv", ["body"], [["x"]])
+    assert main(["-q", "train", "--data", str(train_csv), "--name", "st", "--encoder", tiny_bert_path,
+                 "--unlabeled", str(no_text)]) == 2
+    assert "text" in capsys.readouterr().err

@@ -63,13 +63,14 @@ def cmd_db(args, settings) -> int:
 
 
 def cmd_train(args, settings) -> int:
-    from shared.textio import read_labelled
+    from shared.textio import read_labelled, read_texts
     from shared.service.training import train_classifier
 
     data = read_labelled(args.data)
     dev = read_labelled(args.dev) if args.dev else None
-    result = train_classifier(settings=settings, name=args.name, data=data, dev=dev, show_progress=not args.quiet,
-                              **_classifier_options(args, settings))
+    unlabeled = read_texts(args.unlabeled) if args.unlabeled else None
+    result = train_classifier(settings=settings, name=args.name, data=data, dev=dev, unlabeled=unlabeled,
+                              show_progress=not args.quiet, **_classifier_options(args, settings))
     print(json.dumps(result.as_json(), indent=2) if args.json else result.summary())
     return 0
 

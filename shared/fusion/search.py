@@ -1,13 +1,20 @@
 """Choosing what the fusion network reads: layers per encoder, then the fusion operator and head.
 
-Every choice is made on the validation split. Layers are ranked by a linear probe; the 1, 2 and
-3 best per encoder are tried, each with raw concatenation (linear and MLP head) and the
-projected operators: a bounded number of fits, never every subset.
+Every choice is made on validation data. Layers are ranked by a linear probe; the 1, 2 and 3
+best per encoder are tried, each with raw concatenation (linear and MLP head) and the projected
+operators: a bounded number of fits, never every subset.
+
+The validation rows are split in two (``TrainingConfig.calibration_share``): the search (early
+stopping, probes, the choice) sees only the *selection* part; temperature scaling, label
+thresholds, the escalation threshold and the validation figure the fit reports use the
+*calibration* part, which had no say in the choice. A figure measured on the rows that picked
+the winner among ~20 candidates is biased upwards, and a temperature fitted there leaves the
+model over-confident on new data (issue 13: MR's validation said 0.80, test gave 0.76, ECE 0.036).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +23,18 @@ from shared.encoders.hf import get_encoder
 from shared.encoders.spec import EncoderSpec
 from shared.fusion.layers import probe_layers, rank_layers
 from shared.fusion.operators import OPERATORS
-from shared.fusion.training import DEFAULT_CANDIDATES, Candidate, TrainedFusion, TrainingConfig, train_fusion
+from shared.fusion.training import (
+    DEFAULT_CANDIDATES, Candidate, TrainedFusion, TrainingConfig, selection_key, split_train_validation, train_fusion,
+)
 from shared.progress import progress_bar
 
 # (encoder index, layer): one block of features.
 Block = tuple[int, int]
 # Per encoder: {layer: [train features, validation features]}.
 LayerFeatures = dict[int, list[np.ndarray]]
+
+# Below this many calibration rows a split would leave both parts too small to trust: one set does all.
+MIN_CALIBRATION_ROWS = 100
 
 
 @dataclass(frozen=True)
@@ -80,29 +92,84 @@ def candidates_for(n_blocks: int, *, fusion: str, width: int) -> tuple[Candidate
     return (DEFAULT_CANDIDATES if "concat" in operators else ()) + projected
 
 
+def split_validation(y_val: np.ndarray, training: TrainingConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(selection rows, calibration rows) of the validation set: a stratified ``calibration_share``
+    for calibration; both are every row when that share is 0 or would be under MIN_CALIBRATION_ROWS."""
+    every = np.arange(len(y_val))
+    if training.calibration_share <= 0 or len(y_val) * training.calibration_share < MIN_CALIBRATION_ROWS:
+        return every, every
+    return split_train_validation(y_val, val_fraction=training.calibration_share, seed=training.seed + 1)
+
+
+@dataclass
+class Choice:
+    """What the search chose, with what it tried: the fitted, calibrated winner and its feature blocks."""
+
+    trained: TrainedFusion
+    blocks: list[Block]
+    rows: list[dict]  # every candidate fitted, the winner marked ``chosen``
+    layer_report: list[dict] = field(default_factory=list)
+    selection_rows: np.ndarray | None = None  # indices into the validation set
+    calibration_rows: np.ndarray | None = None
+
+
+def validation_subset(features: list[LayerFeatures], rows: np.ndarray) -> list[LayerFeatures]:
+    """The same features with the validation part narrowed to ``rows``."""
+    return [{layer: [f[0], f[1][rows]] for layer, f in feats.items()} for feats in features]
+
+
+def choose(features: list[LayerFeatures], y: np.ndarray, y_val: np.ndarray, *, labels: list[str], multi_label: bool,
+           auto: bool, names: list[str], fusion: str, width: int, training: TrainingConfig, one_se: bool = False,
+           show_progress: bool = False) -> Choice:
+    """Probe layers, fit the candidates and calibrate the winner, with the validation rows split
+    between the search and the calibration as the module docstring says."""
+    selection_rows, calibration_rows = split_validation(y_val, training)
+    search = validation_subset(features, selection_rows)
+    y_sel = y_val[selection_rows]
+    sets, layer_report = block_sets(search, y, y_sel, labels=labels, multi_label=multi_label, auto=auto,
+                                    names=names, training=training, show_progress=show_progress)
+    calibration = validation_subset(features, calibration_rows)
+    trained, blocks, rows = select(search, sets, y, y_sel, labels=labels, multi_label=multi_label, fusion=fusion,
+                                   width=width, training=training, show_progress=show_progress, one_se=one_se,
+                                   calibration=(calibration, y_val[calibration_rows]))
+    return Choice(trained=trained, blocks=blocks, rows=rows, layer_report=layer_report,
+                  selection_rows=selection_rows, calibration_rows=calibration_rows)
+
+
 def select(features: list[LayerFeatures], sets: list[list[Block]], y: np.ndarray, y_val: np.ndarray, *,
            labels: list[str], multi_label: bool, fusion: str, width: int, training: TrainingConfig,
-           show_progress: bool = False) -> tuple[TrainedFusion, list[Block], list[dict]]:
-    """Fit every block set x candidate; keep the best on validation (ties: fewer blocks)."""
-    rows, best = [], None
+           show_progress: bool = False, one_se: bool = False,
+           calibration: tuple[list[LayerFeatures], np.ndarray] | None = None,
+           ) -> tuple[TrainedFusion, list[Block], list[dict]]:
+    """Fit every block set x candidate; keep the best on validation (ties: lower loss, then fewer blocks).
+
+    ``one_se``: keep the block set with the fewest blocks whose best score is within one standard
+    error of the top score. ``calibration``: features and targets the winner is calibrated on."""
+    rows, fitted = [], []
     total = sum(len(candidates_for(len(b), fusion=fusion, width=width)) for b in sets)
     with progress_bar(total=total, desc="select fusion", unit="fit", enabled=show_progress) as bar:
         for blocks in sets:
             train_x, dims = stack(features, blocks, 0)
             val_x, _ = stack(features, blocks, 1)
             candidates = candidates_for(len(blocks), fusion=fusion, width=width)
+            cal = None if calibration is None else (stack(calibration[0], blocks, 1)[0], calibration[1])
             trained = train_fusion(train_x, y, labels=labels, multi_label=multi_label, block_dims=dims,
-                                   candidates=candidates, config=training, validation=(val_x, y_val))
+                                   candidates=candidates, config=training, validation=(val_x, y_val), calibration=cal)
             bar.update(len(candidates))
             name = "+".join(f"L{l}" if len(features) == 1 else f"e{i}L{l}" for i, l in blocks)
             for row in trained.candidates:
                 rows.append({**row, "blocks": name, "n_blocks": len(blocks), "chosen": False})
-            score = max(r["val_score"] for r in trained.candidates)
-            if best is None or score > best[0] + 1e-9:
-                best = (score, trained, blocks, len(rows) - len(trained.candidates))
-    _, trained, blocks, offset = best
-    winner = max(range(offset, offset + len(trained.candidates)),
-                 key=lambda j: (rows[j]["val_score"], -rows[j]["val_loss"]))
+            top = max(range(len(rows) - len(trained.candidates), len(rows)),
+                      key=lambda j: selection_key(rows[j]["val_score"], rows[j]["val_loss"], training))
+            fitted.append((trained, blocks, top))
+    keys = [selection_key(rows[top]["val_score"], rows[top]["val_loss"], training) for _, _, top in fitted]
+    best = max(range(len(fitted)), key=lambda k: (keys[k], -len(fitted[k][1])))
+    if one_se:
+        score = rows[fitted[best][2]]["val_score"]
+        se = float(np.sqrt(max(score * (1 - score), 1e-12) / max(len(y_val), 1)))
+        near = [k for k in range(len(fitted)) if rows[fitted[k][2]]["val_score"] >= score - se]
+        best = min(near, key=lambda k: (len(fitted[k][1]), -rows[fitted[k][2]]["val_score"]))
+    trained, blocks, winner = fitted[best]
     rows[winner]["chosen"] = True
     return trained, blocks, rows
 

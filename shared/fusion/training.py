@@ -34,10 +34,19 @@ class TrainingConfig:
     llm_dropout: float = 0.5  # chance that a present LLM source is hidden from a training example
     seed: int = 0
     device: str | None = None  # where to train (None: CUDA when available); the result always lives on CPU
+    # Share of the validation rows the search never sees, kept for temperature scaling, thresholds and
+    # the reported validation figure (see shared.fusion.search.split_validation); 0: one set does all.
+    calibration_share: float = 0.5
+    # What picks among candidates: "score" (accuracy / micro-F1, then loss) or "loss" (validation loss).
+    select_by: str = "score"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 0.9:
             raise ValueError("val_fraction must be in (0, 0.9)")
+        if not 0.0 <= self.calibration_share < 0.9:
+            raise ValueError("calibration_share must be in [0, 0.9)")
+        if self.select_by not in ("score", "loss"):
+            raise ValueError("select_by must be 'score' or 'loss'")
         if not 0.0 <= self.llm_dropout < 1.0:
             raise ValueError("llm_dropout must be in [0, 1)")
 
@@ -146,11 +155,14 @@ def train_fusion(
     candidates: tuple[Candidate, ...] = DEFAULT_CANDIDATES,
     config: TrainingConfig = TrainingConfig(),
     validation: tuple[Signals, np.ndarray] | None = None,
+    calibration: tuple[Signals, np.ndarray] | None = None,
 ) -> TrainedFusion:
     """Fit every candidate, keep the best on validation, calibrate it per signal pattern.
 
     ``validation`` is an explicit dev set; without it a stratified ``val_fraction`` split is carved
-    from the training data. With LLM sources, training hides each present source with probability
+    from the training data. ``calibration``: rows that neither early stopping nor the choice of
+    candidate saw; the temperatures, thresholds and validation report come from them (without it,
+    from ``validation``, which then flatters the result: it chose the model). With LLM sources, training hides each present source with probability
     ``config.llm_dropout`` and selection averages the encoder-only and all-signals scores, so one
     network serves every mode.
     """
@@ -176,9 +188,12 @@ def train_fusion(
         results.append({**candidate.to_dict(), "name": candidate.name, "val_loss": round(val_loss, 5),
                         "val_score": round(score, 5), "epochs": epochs})
         log.info("candidate %s: val loss %.4f, val score %.4f after %d epochs", candidate.name, val_loss, score, epochs)
-        if best is None or (score, -val_loss) > (best[1], -best[2]):
+        if best is None or selection_key(score, val_loss, config) > selection_key(best[1], best[2], config):
             best = (model, score, val_loss)
     model = best[0]
+    if calibration is not None:
+        val, y_val = calibration
+        val = Signals(val) if isinstance(val, np.ndarray) else val
     temperatures = fit_pattern_temperatures(model, val, y_val)
     thresholds = None
     if multi_label:
@@ -189,6 +204,11 @@ def train_fusion(
                          label_thresholds=thresholds,
                          validation=validation_report(model, val, y_val, temperatures, thresholds),
                          candidates=results)
+
+
+def selection_key(score: float, val_loss: float, config: TrainingConfig) -> tuple[float, float]:
+    """Larger is better: validation score then loss, or loss then score (``config.select_by``)."""
+    return (score, -val_loss) if config.select_by == "score" else (-val_loss, score)
 
 
 def _loss(logits: torch.Tensor, y: torch.Tensor, multi_label: bool) -> torch.Tensor:
@@ -294,6 +314,9 @@ def validation_report(model: FusionModel, val: Signals, y_val: np.ndarray, tempe
                                                     probabilities=decision.probabilities, targets=y_val).items():
                 row[f"{metric}_{name}"] = round(value, 5)  # multi-label: ece per label, + ece_exact_match
             row[f"accuracy_{name}"] = round(float(correct.mean()), 5)
+        # how far the test figure may sit from this one by chance alone (binomial, one standard error)
+        accuracy = row["accuracy_calibrated"]
+        row["accuracy_se"] = round(float(np.sqrt(accuracy * (1 - accuracy) / max(len(y_val), 1))), 5)
         per_pattern[key] = row
     note = {"ece_note": MULTI_LABEL_ECE_NOTE} if multi_label else {}
     return {**per_pattern[ENCODER_ONLY_PATTERN], **note, "patterns": per_pattern}

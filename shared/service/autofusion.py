@@ -37,7 +37,8 @@ from shared.fusion.config import AutoFusionConfig, llm_tier
 from shared.fusion.escalation import calibrate_escalation
 from shared.fusion.llm_signals import LLMUsage, gather_llm_signals
 from shared.fusion.predict import Decision
-from shared.fusion.search import EncodeOptions, block_sets, layer_features, select, stack
+from shared.fusion.search import EncodeOptions, block_sets, choose, layer_features, stack
+from shared.fusion.self_training import self_train
 from shared.fusion.training import Candidate, Signals, encode_targets, split_train_validation, train_fusion
 from shared.llm.prompts import PROMPT_VERSION, LabelSet
 from shared.llm.sources import LLMSpec, parse_llm_spec, source_spec
@@ -143,11 +144,16 @@ class AutoFusionClassifier:
                                names=self._names(), training=self.config.training, show_progress=self.show_progress)
         return report
 
-    def fit(self, train, dev=None) -> "AutoFusionClassifier":
+    def fit(self, train, dev=None, unlabeled: Sequence[str] | None = None) -> "AutoFusionClassifier":
+        """Fit on ``train`` (validation: ``dev``, or a stratified split). ``unlabeled``: texts without
+        labels for one round of self-training (:mod:`shared.fusion.self_training`; encoder-only
+        classifiers)."""
         config = self.config
         started = time.perf_counter()
         labels, multi_label, texts, y, val_texts, y_val, report = self._prepare(train, dev)
         auto = config.layers == "auto"
+        if unlabeled is not None:
+            self._check_unlabeled(unlabeled)
 
         specs = [self._base_spec(e) for e in config.encoders]
         if config.finetune is not None:
@@ -163,13 +169,14 @@ class AutoFusionClassifier:
         report["seconds_encode"] = round(time.perf_counter() - timer, 2)
 
         timer = time.perf_counter()
-        sets, layer_rows = block_sets(features, y, y_val, labels=labels, multi_label=multi_label, auto=auto,
-                                      names=self._names(), training=config.training, show_progress=self.show_progress)
-        if layer_rows:
-            report["layers"] = layer_rows
-        trained, blocks, report["candidates"] = select(
-            features, sets, y, y_val, labels=labels, multi_label=multi_label, fusion=config.fusion, width=config.width,
-            training=config.training, show_progress=self.show_progress)
+        choice = choose(features, y, y_val, labels=labels, multi_label=multi_label, auto=auto, names=self._names(),
+                        fusion=config.fusion, width=config.width, training=config.training,
+                        show_progress=self.show_progress)
+        trained, blocks, report["candidates"] = choice.trained, choice.blocks, choice.rows
+        if choice.layer_report:
+            report["layers"] = choice.layer_report
+        sel, cal = choice.selection_rows, choice.calibration_rows
+        report["n_selection"], report["n_calibration"] = len(sel), len(cal)
         final_specs = [replace(spec, layers=tuple(l for i, l in blocks if i == k)) for k, spec in enumerate(specs)]
         train_x, block_dims = stack(features, blocks, 0)  # the winner's features, for an LLM-aware refit
         val_x, _ = stack(features, blocks, 1)
@@ -187,7 +194,9 @@ class AutoFusionClassifier:
             val_signals = Signals(val_x, usage.scores[n:], usage.mask[n:])
             trained = train_fusion(Signals(train_x, usage.scores[:n], usage.mask[:n]), y, labels=labels,
                                    multi_label=multi_label, block_dims=block_dims, llm_sources=sources,
-                                   candidates=(candidate,), config=config.training, validation=(val_signals, y_val))
+                                   candidates=(candidate,), config=config.training,
+                                   validation=(val_signals.subset(sel), y_val[sel]),
+                                   calibration=(val_signals.subset(cal), y_val[cal]))
             report["llm"] = {"sources": {str(k): v.name for k, v in llm_specs.items()}, "calls": usage.calls,
                              "questions": usage.questions, "failed": usage.failed,
                              "spent_usd": round(usage.spent_usd, 6), "cost_per_text_usd": usage.cost_per_text}
@@ -197,19 +206,46 @@ class AutoFusionClassifier:
             usage, val_signals = None, Signals(val_x)
             report["llm"] = None
             log.info("no LLM configured: the classifier is encoder-only (fast mode)")
+            if unlabeled:
+                timer = time.perf_counter()
+                unlabeled_x = self._encode(final_specs, list(unlabeled), desc="encode unlabeled")
+                candidate = Candidate(chosen["operator"], chosen["width"], chosen["hidden"])
+                trained, report["self_training"] = self_train(
+                    trained, candidate, (train_x, y), (val_x[sel], y_val[sel]), (val_x[cal], y_val[cal]), unlabeled_x,
+                    block_dims=block_dims, config=config.training)
+                report["self_training"]["seconds"] = round(time.perf_counter() - timer, 2)
+                log.info("self-training: %d of %d unlabelled texts pseudo-labelled; %s", 
+                         report["self_training"]["pseudo_labelled"], len(unlabeled),
+                         "kept" if report["self_training"]["kept"] else "not kept (selection score fell)")
 
         self.artifact_ = ClassifierArtifact(
             model=trained.model, temperatures=trained.temperatures, labels=list(labels), multi_label=multi_label,
             encoders=tuple(final_specs), llm_specs={str(k): v.name for k, v in llm_specs.items()},
             label_thresholds=trained.label_thresholds, prompt_version=PROMPT_VERSION if sources else None)
+        # the threshold's promise is measured on the calibration rows, which had no say in the choice
+        cal_signals = val_signals.subset(cal)
         self.artifact_.escalation = calibrate_escalation(
-            self.artifact_, config.escalation, val_signals.features, y_val, llm_scores=val_signals.llm_scores,
-            llm_mask=val_signals.llm_mask, llm_cost_per_text=usage.cost_per_text if usage else 0.0)
+            self.artifact_, config.escalation, cal_signals.features, y_val[cal], llm_scores=cal_signals.llm_scores,
+            llm_mask=cal_signals.llm_mask, llm_cost_per_text=usage.cost_per_text if usage else 0.0)
         report["validation"] = trained.validation
         report["seconds"] = round(time.perf_counter() - started, 2)
         self.artifact_.metrics = {"validation": trained.validation, "fit": report}
         self.report_ = report
         return self
+
+    def _check_unlabeled(self, unlabeled: Sequence[str]) -> None:
+        if self.config.sources:
+            raise ConfigError("self-training (unlabeled texts) is for encoder-only classifiers: drop the LLM "
+                              "sources or the unlabeled texts")
+        problems = text_problems(unlabeled, max_chars=self.settings.max_text_chars)
+        if problems:
+            shown = "; ".join(f"text {i + 1}: {p}" for i, p in problems[:5])
+            raise InputError(f"{len(problems)} unlabeled text(s) cannot be used ({shown})")
+
+    def _encode(self, specs: Sequence[EncoderSpec], texts: list[str], *, desc: str = "encode") -> np.ndarray:
+        with progress_bar(total=len(texts) * len(specs), desc=desc, unit="text", enabled=self.show_progress) as bar:
+            return encode_features(specs, texts, device=self.settings.device, max_tokens=self.settings.embed_max_tokens,
+                                   max_batch=self.settings.embed_max_batch, on_batch=bar.update)
 
     def _base_spec(self, encoder: str | EncoderSpec, *, all_layers: bool = False) -> EncoderSpec:
         config = self.config
@@ -257,12 +293,7 @@ class AutoFusionClassifier:
         if problems:
             shown = "; ".join(f"text {i}: {p}" for i, p in problems[:5])
             raise InputError(f"{len(problems)} text(s) cannot be classified ({shown})")
-        artifact = self._fitted()
-        with progress_bar(total=len(texts) * len(artifact.encoders), desc="encode", unit="text",
-                          enabled=self.show_progress) as bar:
-            return encode_features(artifact.encoders, list(texts), device=self.settings.device,
-                                   max_tokens=self.settings.embed_max_tokens, max_batch=self.settings.embed_max_batch,
-                                   on_batch=bar.update)
+        return self._encode(self._fitted().encoders, list(texts))
 
     def predict_batch(self, texts: Sequence[str], mode: str = Mode.FAST, *, features: np.ndarray | None = None,
                       threshold: float | None = None) -> PredictionBatch:

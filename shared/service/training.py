@@ -28,10 +28,13 @@ class TrainingResult:
         """What a person wants to read after training: what was chosen, how well it validated, what it cost."""
         row, chosen, v = self.classifier, self.report["chosen"], self.validation
         kind = "multi-label" if row.multi_label else "single-label"
+        split = self.report.get("n_calibration", v["n"]) < self.report.get("n_validation", v["n"])
+        held_out = ", unseen by the search" if split else ""
         lines = [f"trained {self.ref} in {self.seconds:.1f}s: {len(row.labels)} {kind} classes "
                  f"({', '.join(row.labels[:8])}{', ...' if len(row.labels) > 8 else ''})",
                  f"  chosen: layers {chosen['layers']}, {chosen['candidate']}",
-                 f"  validation ({v['n']} texts): accuracy {v['accuracy_calibrated']:.4f}, "
+                 f"  validation ({v['n']} texts{held_out}): accuracy {v['accuracy_calibrated']:.4f} "
+                 f"(± {v.get('accuracy_se', 0.0):.4f}, one standard error), "
                  f"ECE{' per label' if row.multi_label else ''} {v['ece_calibrated']:.4f} calibrated / "
                  f"{v['ece_raw']:.4f} raw"]
         llm = self.report["llm"]
@@ -40,6 +43,11 @@ class TrainingResult:
                          f"for {llm['questions']} questions, {llm['failed']} failed, spent ${llm['spent_usd']:.4f}")
         else:
             lines.append("  LLM: none configured: an encoder-only classifier (fast mode)")
+        st = self.report.get("self_training")
+        if st:
+            lines.append(f"  self-training: {st['pseudo_labelled']} of {st['offered']} unlabelled texts pseudo-labelled "
+                         f"(confidence >= {st['confidence_cut']:.3f}); "
+                         + ("kept" if st["kept"] else "not kept: the selection score fell"))
         lines.append(f"  artifact: {row.artifact_uri}")
         return "\n".join(lines)
 
@@ -50,14 +58,17 @@ class TrainingResult:
                 "artifact": row.artifact_uri, "chosen": self.report["chosen"],
                 "validation": {k: v for k, v in self.validation.items() if k != "patterns"},
                 "llm": self.report["llm"] or "none configured: encoder-only classifier (fast mode)",
-                "seconds": round(self.seconds, 1)}
+                "sizes": {k: self.report.get(k) for k in ("n_train", "n_selection", "n_calibration")},
+                "self_training": self.report.get("self_training"), "seconds": round(self.seconds, 1)}
 
 
 def train_classifier(*, settings: Settings, name: str, data: LabelledData, dev: LabelledData | None = None,
-                     show_progress: bool = True, **options) -> TrainingResult:
-    """Fit an :class:`AutoFusionClassifier` (``options`` are its arguments), save ``NAME/vN``, register it."""
+                     unlabeled: list[str] | None = None, show_progress: bool = True, **options) -> TrainingResult:
+    """Fit an :class:`AutoFusionClassifier` (``options`` are its arguments; ``unlabeled``: texts for
+    self-training), save ``NAME/vN``, register it."""
     started = time.perf_counter()
-    classifier = AutoFusionClassifier(settings=settings, show_progress=show_progress, **options).fit(data, dev)
+    classifier = AutoFusionClassifier(settings=settings, show_progress=show_progress, **options).fit(
+        data, dev, unlabeled=unlabeled)
     row = classifier.publish(name)
     return TrainingResult(classifier=row, artifact_dir=Path(row.artifact_uri),
                           validation=classifier.report_["validation"], report=classifier.report_,

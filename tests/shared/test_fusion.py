@@ -146,3 +146,69 @@ def test_corrupt_missing_or_mismatched_artifacts_are_named(tmp_path):
         load_artifact(tmp_path / "v1")
     with pytest.raises(ArtifactError, match=r"expects \[N, 8\]"):
         artifact.decide(np.zeros((2, 5), dtype=np.float32))
+
+
+def test_the_search_never_sees_the_calibration_rows_and_calibration_uses_only_them():
+    from shared.fusion.search import MIN_CALIBRATION_ROWS, choose, split_validation
+
+    x, y = blobs(200, dim=8, spread=2.5)
+    train_idx, val_idx = split_train_validation(y, val_fraction=0.5, seed=0)
+    y_train, y_val = y[train_idx], y[val_idx]
+    config = TrainingConfig(max_epochs=15, calibration_share=0.5)
+    selection, calibration = split_validation(y_val, config)
+    assert set(selection).isdisjoint(calibration) and len(selection) + len(calibration) == len(y_val)
+    assert len(calibration) >= MIN_CALIBRATION_ROWS
+    # Given calibration rows whose features are noise, only the calibration can notice them:
+    # the search (probes, candidates, early stopping) must be blind to them
+    noisy = x[val_idx].copy()
+    noisy[calibration] = np.random.default_rng(1).normal(0, 3, noisy[calibration].shape)
+
+    def run(val_x):
+        features = [{1: [x[train_idx], val_x], 2: [x[train_idx] * 0.5, val_x * 0.5]}]
+        return choose(features, y_train, y_val, labels=["a", "b", "c"], multi_label=False, auto=True, names=["e"],
+                      fusion="concat", width=8, training=config)
+
+    honest, fooled = run(x[val_idx]), run(noisy)
+    assert [r["val_score"] for r in honest.rows] == [r["val_score"] for r in fooled.rows]
+    assert honest.blocks == fooled.blocks
+    # Then calibration and the reported validation figure come from the calibration rows alone
+    assert fooled.trained.validation["n"] == len(calibration)
+    assert fooled.trained.validation["accuracy_calibrated"] < honest.trained.validation["accuracy_calibrated"] - 0.3
+    assert fooled.trained.temperatures["encoder"] > 2 * honest.trained.temperatures["encoder"]
+
+
+def test_a_small_validation_set_is_not_split():
+    from shared.fusion.search import split_validation
+
+    y_val = np.repeat(np.arange(3), 20)
+    selection, calibration = split_validation(y_val, TrainingConfig())
+    assert list(selection) == list(calibration) == list(range(60))
+    selection, calibration = split_validation(np.repeat(np.arange(3), 200), TrainingConfig(calibration_share=0))
+    assert list(selection) == list(calibration)
+
+
+def test_self_training_pseudo_labels_only_what_calibration_says_is_sure():
+    from shared.fusion.self_training import pseudo_label, self_train
+
+    x, y = blobs(400, dim=8, spread=3.0, seed=3)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(y))
+    lab, sel, cal, unl = order[:90], order[90:240], order[240:390], order[390:]
+    config = TrainingConfig(max_epochs=30)
+    candidate = Candidate(hidden=0)
+    trained = train_fusion(x[lab], y[lab], labels=["a", "b", "c"], multi_label=False, candidates=(candidate,),
+                           config=config, validation=(x[sel], y[sel]), calibration=(x[cal], y[cal]))
+    assert trained.validation["n"] == len(cal)  # calibrated on the calibration rows, not the selection rows
+    # Given a 0.95 target, the cut keeps unlabelled rows about that accurate, and fewer than all of them
+    pseudo = pseudo_label(trained, x[unl], (x[cal], y[cal]), target_accuracy=0.95)
+    assert 0 < len(pseudo.targets) < len(unl) and pseudo.offered == len(unl)
+    kept = np.array([np.flatnonzero((x[unl] == row).all(1))[0] for row in pseudo.features])
+    assert np.mean(pseudo.targets == y[unl][kept]) >= 0.9
+    # A stricter target keeps fewer rows
+    assert len(pseudo_label(trained, x[unl], (x[cal], y[cal]), target_accuracy=0.99).targets) <= len(pseudo.targets)
+    # And the refit is kept only when its selection score does not fall
+    refit, report = self_train(trained, candidate, (x[lab], y[lab]), (x[sel], y[sel]), (x[cal], y[cal]), x[unl],
+                               block_dims=(8,), config=config)
+    assert report["pseudo_labelled"] == len(pseudo.targets)
+    assert report["kept"] == (report["selection_score_after"] >= report["selection_score_before"])
+    assert (refit is trained) == (not report["kept"])
