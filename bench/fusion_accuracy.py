@@ -104,16 +104,18 @@ def peak_memory() -> dict:
     return out
 
 
-def fit_and_test(name, train, dev, test, *, encoder, settings, finetune=None, training=TrainingConfig()):
+def fit_and_test(name, train, dev, test, *, encoder, settings, finetune=None, training=TrainingConfig(),
+                 unlabeled=None):
     started = time.perf_counter()
     clf = AutoFusionClassifier(encoders=[encoder], layers="auto", fusion="auto", finetune=finetune,
-                               training=training, settings=settings).fit(train, dev)
+                               training=training, settings=settings, show_progress=True).fit(train, dev, unlabeled)
     fit_s = time.perf_counter() - started
     batch = clf.predict_batch(test.texts)
     labels, multi = clf.artifact_.labels, clf.artifact_.multi_label
     row = {"run": name, "seed": training.seed, "precision": str(clf.artifact_.encoders[0].precision),
            "fit_seconds": round(fit_s, 1), **peak_memory(), "chosen": clf.report_["chosen"],
            "test": score(batch.decision, test, labels, multi), "validation": clf.report_["validation"],
+           "self_training": clf.report_.get("self_training"),
            "report": clf.report_}
     print(f"  {name}: {row['test']} in {fit_s:.0f}s, chosen {row['chosen']}", flush=True)
     return clf, row
@@ -162,7 +164,9 @@ def main() -> int:
     parser.add_argument("--data-dir", default="../shared/data")
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--encoder", default="sentence-transformers/all-MiniLM-L6-v2")
-    parser.add_argument("--variants", default="frozen,finetuned", help="frozen and/or finetuned")
+    parser.add_argument("--variants", default="frozen,finetuned",
+                        help="frozen, finetuned and/or selftrained (AG News 4k only: the other AG News training "
+                             "texts, labels dropped, as --unlabeled)")
     parser.add_argument("--finetune-epochs", type=int, default=4)
     parser.add_argument("--finetune-lr", type=float, default=1e-4)
     parser.add_argument("--max-length", type=int, default=256)
@@ -198,6 +202,12 @@ def main() -> int:
             clf, entry["frozen"] = fit_and_test(f"{name} frozen", train, dev, test, encoder=encoder,
                                                 settings=settings, training=training)
             entry["frozen"]["table"] = layer_table(clf, train, dev, test, settings=settings, training=training)
+        if "selftrained" in args.variants and per_class:
+            full = read_labelled(data_dir / train_file)
+            rest = np.setdiff1d(np.arange(len(full.texts)), balanced_indices(full, per_class))
+            _, entry["selftrained"] = fit_and_test(f"{name} self-trained", train, dev, test, encoder=encoder,
+                                                   settings=settings, training=training,
+                                                   unlabeled=[full.texts[i] for i in rest])
         if "finetuned" in args.variants:
             ft = FinetuneConfig(method="full", epochs=args.finetune_epochs, learning_rate=args.finetune_lr)
             _, entry["finetuned"] = fit_and_test(f"{name} fine-tuned", train, dev, test, encoder=encoder,
