@@ -214,7 +214,7 @@ def test_train_with_unlabeled_texts_self_trains_and_refuses_a_bad_file(home, top
     empty = write_csv(home / "unl.csv", ["text"], [["the striker scored"], ["   "]])
     assert main(["-q", "train", "--data", str(train_csv), "--name", "st", "--encoder", tiny_bert_path,
                  "--unlabeled", str(empty)]) == 2
-    assert "unlabeled text(s) cannot be used (text 2: empty" in capsys.readouterr().err
+    assert "unlabeled text(s) cannot be used (data row 2: empty" in capsys.readouterr().err
     no_text = write_csv(home / "nt.csv", ["body"], [["x"]])
     assert main(["-q", "train", "--data", str(train_csv), "--name", "st", "--encoder", tiny_bert_path,
                  "--unlabeled", str(no_text)]) == 2

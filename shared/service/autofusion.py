@@ -214,7 +214,7 @@ class AutoFusionClassifier:
                     trained, candidate, (train_x, y), (val_x[sel], y_val[sel]), (val_x[cal], y_val[cal]), unlabeled_x,
                     block_dims=block_dims, config=config.training)
                 report["self_training"]["seconds"] = round(time.perf_counter() - timer, 2)
-                log.info("self-training: %d of %d unlabelled texts pseudo-labelled; %s", 
+                log.info("self-training: %d of %d unlabelled texts pseudo-labelled; %s",
                          report["self_training"]["pseudo_labelled"], len(unlabeled),
                          "kept" if report["self_training"]["kept"] else "not kept (selection score fell)")
 
@@ -239,8 +239,8 @@ class AutoFusionClassifier:
                               "sources or the unlabeled texts")
         problems = text_problems(unlabeled, max_chars=self.settings.max_text_chars)
         if problems:
-            shown = "; ".join(f"text {i + 1}: {p}" for i, p in problems[:5])
-            raise InputError(f"{len(problems)} unlabeled text(s) cannot be used ({shown})")
+            shown = "; ".join(f"data row {i + 1}: {p}" for i, p in problems[:5])
+            raise InputError(f"{len(problems)} unlabeled text(s) cannot be used ({shown}): remove or fix them")
 
     def _encode(self, specs: Sequence[EncoderSpec], texts: list[str], *, desc: str = "encode") -> np.ndarray:
         with progress_bar(total=len(texts) * len(specs), desc=desc, unit="text", enabled=self.show_progress) as bar:

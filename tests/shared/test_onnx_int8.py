@@ -224,3 +224,12 @@ def test_fine_tuning_trains_in_fp32_and_serves_the_tuned_backbone_in_int8(sqlite
     tuned_key = onnx_int8.cache_key(onnx_int8.local_model_dir(spec.model))
     assert tuned_key != onnx_int8.cache_key(onnx_int8.local_model_dir(tiny_bert_path))
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [f"{tuned_key}.int8.onnx"]
+
+
+def test_weights_lose_a_bit_only_on_x86_cpus_without_vnni(monkeypatch):
+    from shared.encoders import onnx_int8, precision
+
+    for flags, expected in ((("avx2", "fma"), True), (("avx2", "avx512_vnni"), False), (("avx2", "avx_vnni"), False),
+                            (("avx2", "amx_int8"), False), ((), False), (("neon",), False)):
+        monkeypatch.setattr(precision, "cpu_flags", lambda flags=flags: frozenset(flags))
+        assert onnx_int8.reduced_range() is expected, flags
