@@ -26,7 +26,8 @@ from shared.encoders.hf import get_encoder, pick_device  # noqa: E402
 from shared.encoders.precision import resolve_precision  # noqa: E402
 from shared.encoders.spec import EncoderSpec  # noqa: E402
 from shared.progress import progress_bar  # noqa: E402
-from shared.textio import read_labelled  # noqa: E402
+from shared.errors import FusionqError  # noqa: E402
+from shared.textio import LabelledData, read_labelled  # noqa: E402
 
 FILES = ("ag_news/train.csv", "ag_news/test.csv", "r8/train.csv", "r8/test.csv", "r52/train.csv", "r52/test.csv",
          "mr/train.csv", "mr/test.csv", "reuters10_modapte/train.csv", "reuters10_modapte/test.csv",
@@ -34,9 +35,7 @@ FILES = ("ag_news/train.csv", "ag_news/test.csv", "r8/train.csv", "r8/test.csv",
 
 
 def resolved_spec(model: str, max_length: int, precision: str = "auto") -> EncoderSpec:
-    spec = EncoderSpec(model=model, max_length=max_length, layers=(-1,), precision=precision)
-    return EncoderSpec(model=model, max_length=max_length, layers=(-1,),
-                       precision=resolve_precision(spec.precision, pick_device(None)))
+    return EncoderSpec(model=model, max_length=max_length, precision=resolve_precision(precision, pick_device(None)))
 
 
 def cache_folder(cache_dir: Path, spec: EncoderSpec) -> Path:
@@ -44,15 +43,17 @@ def cache_folder(cache_dir: Path, spec: EncoderSpec) -> Path:
     return cache_dir / key
 
 
-def cached_features(cache_dir: Path, spec: EncoderSpec, data_dir: Path, rel: str) -> np.ndarray:
-    """[N, layers x hidden] features of every row of ``data_dir/rel``, encoded now unless cached."""
+def cached_features(cache_dir: Path, spec: EncoderSpec, data: LabelledData, rel: str) -> tuple[np.ndarray, dict]:
+    """([N, layers x hidden] features of every row of ``data``, read from ``rel``; the cache entry's
+    facts: layers, hidden size), encoded now unless cached."""
     folder = cache_folder(cache_dir, spec)
     target = folder / rel.replace(".csv", ".npy")
-    data = read_labelled(data_dir / rel)
     digest = hashlib.sha256("\n".join(data.texts).encode()).hexdigest()[:16]
     meta_file = target.with_suffix(".json")
-    if target.exists() and meta_file.exists() and json.loads(meta_file.read_text()).get("texts_sha") == digest:
-        return np.load(target, mmap_mode="r")
+    if target.exists() and meta_file.exists():
+        meta = json.loads(meta_file.read_text())
+        if meta.get("texts_sha") == digest:
+            return np.load(target, mmap_mode="r"), meta
     encoder = get_encoder(spec)
     reader = encoder.with_layers(encoder.layer_indices())
     started = time.perf_counter()
@@ -61,12 +62,12 @@ def cached_features(cache_dir: Path, spec: EncoderSpec, data_dir: Path, rel: str
     seconds = time.perf_counter() - started
     target.parent.mkdir(parents=True, exist_ok=True)
     np.save(target, np.asarray(features, dtype=np.float32))
-    meta_file.write_text(json.dumps({"texts_sha": digest, "rows": len(data.texts), "seconds": round(seconds, 1),
-                                     "layers": list(encoder.layer_indices()), "hidden": encoder.hidden_size,
-                                     "spec": {"model": spec.model, "max_length": spec.max_length,
-                                              "precision": str(spec.precision)}, **machine()}))
+    meta = {"texts_sha": digest, "rows": len(data.texts), "seconds": round(seconds, 1),
+            "layers": list(encoder.layer_indices()), "hidden": encoder.hidden_size,
+            "spec": {"model": spec.model, "max_length": spec.max_length, "precision": str(spec.precision)}, **machine()}
+    meta_file.write_text(json.dumps(meta))
     print(f"{rel}: {len(data.texts)} texts in {seconds:.0f} s ({len(data.texts) / seconds:.0f} texts/s)", flush=True)
-    return np.load(target, mmap_mode="r")
+    return np.load(target, mmap_mode="r"), meta
 
 
 def main() -> int:
@@ -81,7 +82,12 @@ def main() -> int:
     spec = resolved_spec(args.encoder, args.max_length, args.precision)
     print(f"CPU: {machine()['cpu']}; precision {spec.precision}", flush=True)
     for rel in args.files.split(","):
-        cached_features(Path(args.cache_dir), spec, Path(args.data_dir), rel)
+        try:
+            data = read_labelled(Path(args.data_dir) / rel)
+        except FusionqError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        cached_features(Path(args.cache_dir), spec, data, rel)
     return 0
 
 

@@ -183,6 +183,10 @@ def main() -> int:
     results["_machine"] = machine()
     print(f"CPU: {results['_machine']['cpu']}", flush=True)
     data_dir = Path(args.data_dir)
+    unknown = sorted(set(args.datasets.split(",")) - set(DATASETS))
+    if unknown:
+        print(f"error: unknown dataset(s) {', '.join(unknown)}; known: {', '.join(DATASETS)}", file=sys.stderr)
+        return 2
     for name in args.datasets.split(","):
         train_file, test_file, dev_file, per_class = DATASETS[name]
         train, test = read_labelled(data_dir / train_file), read_labelled(data_dir / test_file)

@@ -19,18 +19,16 @@ remains the end-to-end measurement (encoding, fit time, memory).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import machine, write_result  # noqa: E402
-from bench.feature_cache import cache_folder, cached_features, resolved_spec  # noqa: E402
+from bench.feature_cache import cached_features, resolved_spec  # noqa: E402
 from bench.fusion_accuracy import DATASETS, balanced_indices, score  # noqa: E402
 from shared.fusion.escalation import EscalationTarget, choose_threshold  # noqa: E402
 from shared.fusion.layers import LINEAR_PROBE  # noqa: E402
@@ -38,19 +36,19 @@ from shared.fusion.predict import decide  # noqa: E402
 from shared.fusion.search import choose, stack  # noqa: E402
 from shared.fusion.self_training import self_train  # noqa: E402
 from shared.fusion.training import (  # noqa: E402
-    Candidate, TrainingConfig, encode_targets, split_train_validation, train_fusion,
+    Candidate, Signals, TrainingConfig, encode_targets, logits_of, split_train_validation, train_fusion,
 )
 from shared.metrics import correct_rows  # noqa: E402
 from shared.textio import read_labelled  # noqa: E402
 
 
-def layer_features(matrix: np.ndarray, layers: list[int], hidden: int, rows: np.ndarray) -> dict[int, np.ndarray]:
+def layer_columns(matrix: np.ndarray, layers: list[int], hidden: int, rows: np.ndarray) -> dict[int, np.ndarray]:
+    """{layer: its [rows, hidden] slice} of a cached [N, layers x hidden] matrix."""
     return {layer: np.ascontiguousarray(matrix[rows, j * hidden:(j + 1) * hidden]) for j, layer in enumerate(layers)}
 
 
 def logits_for(model, x: np.ndarray) -> np.ndarray:
-    with torch.no_grad():
-        return model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+    return logits_of(model, Signals(x))
 
 
 def chosen_row(choice) -> dict:
@@ -61,32 +59,32 @@ def study(name: str, *, data_dir: Path, cache_dir: Path, spec, training: Trainin
           self_training: bool = False) -> dict:
     train_file, test_file, dev_file, per_class = DATASETS[name]
     train, test = read_labelled(data_dir / train_file), read_labelled(data_dir / test_file)
-    meta = json.loads((cache_folder(cache_dir, spec) / train_file.replace(".csv", ".json")).read_text())
+    train_m, meta = cached_features(cache_dir, spec, train, train_file)
+    test_m, _ = cached_features(cache_dir, spec, test, test_file)
     layers, hidden = meta["layers"], meta["hidden"]
-    train_m = cached_features(cache_dir, spec, data_dir, train_file)
-    test_m = cached_features(cache_dir, spec, data_dir, test_file)
     rows = np.arange(len(train.texts))
     if per_class:
         rows = balanced_indices(train, per_class)
-    labels = read_labelled(data_dir / train_file).label_names()
+    labels = train.label_names()
     multi = train.multi_label
     targets = encode_targets([train.labels[i] for i in rows], labels, multi_label=multi)
     if dev_file:
         dev = read_labelled(data_dir / dev_file)
-        dev_m = cached_features(cache_dir, spec, data_dir, dev_file)
+        dev_m, _ = cached_features(cache_dir, spec, dev, dev_file)
         tr_rows, y = rows, targets
-        feats = {l: [a, b] for (l, a), b in zip(layer_features(train_m, layers, hidden, tr_rows).items(),
-                                                 layer_features(dev_m, layers, hidden, np.arange(len(dev.texts))).values())}
+        feats = {l: [a, b] for (l, a), b in zip(layer_columns(train_m, layers, hidden, tr_rows).items(),
+                                                 layer_columns(dev_m, layers, hidden, np.arange(len(dev.texts))).values())}
         y_val = encode_targets(dev.labels, labels, multi_label=multi)
     else:
         tr, va = split_train_validation(targets, val_fraction=training.val_fraction, seed=training.seed)
-        tr_f = layer_features(train_m, layers, hidden, rows[tr])
-        va_f = layer_features(train_m, layers, hidden, rows[va])
+        tr_f = layer_columns(train_m, layers, hidden, rows[tr])
+        va_f = layer_columns(train_m, layers, hidden, rows[va])
         feats = {l: [tr_f[l], va_f[l]] for l in layers}
         y, y_val = targets[tr], targets[va]
-    test_f = layer_features(test_m, layers, hidden, np.arange(len(test.texts)))
-    y_test = encode_targets([[n for n in row if n in labels] or [labels[0]] for row in test.labels], labels,
-                            multi_label=multi)
+    test_f = layer_columns(test_m, layers, hidden, np.arange(len(test.texts)))
+    # multi-label test rows may carry labels training never saw: scored as absent, as score() does
+    y_test = encode_targets([[n for n in row if n in labels] for row in test.labels] if multi else test.labels,
+                            labels, multi_label=multi)
 
     started = time.perf_counter()
     choice = choose([feats], y, y_val, labels=labels, multi_label=multi, auto=True, names=[spec.model],
@@ -113,7 +111,7 @@ def study(name: str, *, data_dir: Path, cache_dir: Path, spec, training: Trainin
 
     if self_training and per_class:  # the rest of the training file, labels dropped
         rest = np.setdiff1d(np.arange(len(train.texts)), rows)
-        rest_f = layer_features(train_m, layers, hidden, rest)
+        rest_f = layer_columns(train_m, layers, hidden, rest)
         unlabeled_x, dims = stack([{l: [rest_f[l]] for l in layers}], choice.blocks, 0)
         train_x = stack([feats], choice.blocks, 0)[0]
         val_x = stack([feats], choice.blocks, 1)[0]
@@ -177,6 +175,10 @@ def main() -> int:
               "training": {"calibration_share": training.calibration_share, "select_by": training.select_by},
               "rows": []}
     print(f"CPU: {result['cpu']}; precision {spec.precision}; seed {args.seed}", flush=True)
+    unknown = sorted(set(args.datasets.split(",")) - set(DATASETS))
+    if unknown:
+        print(f"error: unknown dataset(s) {', '.join(unknown)}; known: {', '.join(DATASETS)}", file=sys.stderr)
+        return 2
     for name in args.datasets.split(","):
         result["rows"].append(study(name, data_dir=Path(args.data_dir), cache_dir=Path(args.cache_dir), spec=spec,
                                     training=training, one_se=args.one_se, self_training=args.self_training))
