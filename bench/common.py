@@ -100,6 +100,15 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _machine_cpu_seconds() -> dict[str, float]:
+    """Whole-machine busy, idle and iowait CPU seconds so far (/proc/stat): counts processes that
+    came and went between two snapshots (autovacuum workers, short backends), which per-pid sums miss."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:8]]
+    user, nice, system, idle, iowait, irq, softirq = fields
+    tick = os.sysconf("SC_CLK_TCK")
+    return {"busy": (user + nice + system + irq + softirq) / tick, "idle": idle / tick, "iowait": iowait / tick}
+
+
 def _pids_named(*names: str) -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
@@ -124,11 +133,16 @@ class CpuAccount:
         return {role: sum(_cpu_seconds(pid) for pid in pids) for role, pids in roles.items()}
 
     def start(self) -> None:
-        self._started, self._t0 = self._snapshot(), time.monotonic()
+        self._started, self._machine, self._t0 = self._snapshot(), _machine_cpu_seconds(), time.monotonic()
 
     def stop(self) -> dict[str, float]:
-        """CPU seconds per role, plus ``wall_s`` and ``idle_cpu_s`` (two cores' time nobody used)."""
-        ended, wall = self._snapshot(), time.monotonic() - self._t0
+        """CPU seconds per role, plus ``wall_s``, ``idle_cpu_s`` (two cores' time nobody used, from
+        the per-role sums), and from the whole machine's counters ``other_cpu_s`` (busy time of no
+        listed process, e.g. autovacuum workers that exited) and ``iowait_s``."""
+        ended, machine_now, wall = self._snapshot(), _machine_cpu_seconds(), time.monotonic() - self._t0
         used = {role: round(ended[role] - self._started.get(role, 0.0), 2) for role in ended}
+        busy = machine_now["busy"] - self._machine["busy"]
         return {**used, "wall_s": round(wall, 2),
-                "idle_cpu_s": round((os.cpu_count() or 1) * wall - sum(used.values()), 2)}
+                "idle_cpu_s": round((os.cpu_count() or 1) * wall - sum(used.values()), 2),
+                "other_cpu_s": round(busy - sum(used.values()), 2),
+                "iowait_s": round(machine_now["iowait"] - self._machine["iowait"], 2)}

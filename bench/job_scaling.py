@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REDIS, MemorySampler, machine, rss_mb, scratch_services, write_result  # noqa: E402
+from bench.common import REDIS, CpuAccount, MemorySampler, machine, rss_mb, scratch_services, write_result  # noqa: E402
 from shared.client import FusionqClient  # noqa: E402
 from shared.demo import stratified_sample  # noqa: E402
 from shared.service.training import train_classifier  # noqa: E402
@@ -70,20 +70,45 @@ def run_job(client: FusionqClient, procs: dict, texts: list[str]) -> dict:
     """One fast job: wall time, texts/s, and each worker's memory before, at its peak and after."""
     before = {name: rss_mb(p.pid) for name, p in procs.items()}
     sampler = MemorySampler(procs)
+    account = CpuAccount(procs)
     sampler.start()
+    account.start()
     started = time.perf_counter()
     job = client.submit(texts, "bench")
     submitted = time.perf_counter()
-    client.wait(job, timeout=7200)
+    tenths = progress_by_tenth(client, job, len(texts), started)
     seconds = time.perf_counter() - started
+    cpu = account.stop()
     sampler.stop_event.set()
     sampler.join()
     after = {name: rss_mb(p.pid) for name, p in procs.items()}
     peak = {name: max(value, before[name], after[name]) for name, value in sampler.peaks().items()}
     return {"items": len(texts), "seconds": round(seconds, 1), "submit_seconds": round(submitted - started, 2),
-            "texts_per_s": round(len(texts) / seconds, 1), **work_done_again(client, job),
+            "texts_per_s": round(len(texts) / seconds, 1), "seconds_per_tenth": tenths, "cpu_seconds": cpu,
+            **work_done_again(client, job),
             "rss_mb": {name: {"before": round(before[name]), "peak": round(peak[name]), "after": round(after[name])}
                        for name in procs}}
+
+
+def progress_by_tenth(client: FusionqClient, job, size: int, started: float) -> list[float]:
+    """Wait for ``job``; the seconds each tenth of its items took (tasks run shortest texts first,
+    so a rising trend within one job is text length, but a 100k job's tenths against a 10k job's
+    tell a cost that grows with the job from one that does not)."""
+    marks, tenth = [], 1
+    while True:
+        state = client.progress(job)
+        done = state.n_done + state.n_failed
+        now = time.perf_counter() - started
+        while tenth <= 10 and done >= size * tenth / 10:
+            marks.append(now)
+            tenth += 1
+        if tenth > 10:
+            break
+        if now > 7200:
+            raise TimeoutError(f"job {job} not done after 2 hours")
+        time.sleep(0.5)
+    client.wait(job, timeout=60)
+    return [round(b - a, 1) for a, b in zip([0.0] + marks, marks)]
 
 
 def work_done_again(client: FusionqClient, job) -> dict:
