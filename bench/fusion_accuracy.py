@@ -19,6 +19,7 @@ import os
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,10 +32,12 @@ from shared.service.autofusion import AutoFusionClassifier  # noqa: E402
 from shared.encoders.finetune import FinetuneConfig  # noqa: E402
 from shared.encoders.hf import get_encoder  # noqa: E402
 from shared.encoders.spec import EncoderSpec  # noqa: E402
+from shared.fusion.layers import LINEAR_PROBE  # noqa: E402
 from shared.fusion.operators import OPERATORS  # noqa: E402
 from shared.fusion.predict import decide  # noqa: E402
 from shared.fusion.training import (  # noqa: E402
-    DEFAULT_CANDIDATES, Candidate, TrainingConfig, encode_targets, split_train_validation, train_fusion,
+    DEFAULT_CANDIDATES, Candidate, Signals, TrainingConfig, encode_targets, logits_of, split_train_validation,
+    train_fusion,
 )
 from shared.metrics import evaluate_predictions  # noqa: E402
 from shared.settings import Settings  # noqa: E402
@@ -121,6 +124,23 @@ def fit_and_test(name, train, dev, test, *, encoder, settings, finetune=None, tr
     return clf, row
 
 
+def layer_probes_on_test(part_of: Callable[[int, int], np.ndarray], layers: list[int], y_train: np.ndarray,
+                         y_val: np.ndarray, test: LabelledData, *, labels: list[str], multi_label: bool,
+                         training: TrainingConfig) -> list[dict]:
+    """Each single layer's linear probe, fitted on ``part_of(0, layer)`` and stopped early on
+    ``part_of(1, layer)``, scored on the test features ``part_of(2, layer)``: the best of these is
+    "the best single layer after the fact" that the automatic choice is held against."""
+    rows = []
+    for layer in layers:
+        probe = train_fusion(part_of(0, layer), y_train, labels=labels, multi_label=multi_label,
+                             candidates=LINEAR_PROBE, config=training, validation=(part_of(1, layer), y_val))
+        logits = logits_of(probe.model, Signals(part_of(2, layer)))
+        rows.append({"layer": layer, "val_score": probe.candidates[0]["val_score"],
+                     **metrics_of(logits, probe.temperatures["encoder"], probe.label_thresholds, test, labels,
+                                  multi_label)})
+    return rows
+
+
 def layer_table(clf: AutoFusionClassifier, train, dev, test, *, settings, training) -> dict:
     """Test scores of each single layer, the best one, and the 3 best layers fused by each operator."""
     labels, multi = clf.artifact_.labels, clf.artifact_.multi_label
@@ -144,9 +164,8 @@ def layer_table(clf: AutoFusionClassifier, train, dev, test, *, settings, traini
             logits = trained.model(__import__("torch").from_numpy(x[2])).numpy()
         return trained, metrics_of(logits, trained.temperatures["encoder"], trained.label_thresholds, test, labels, multi)
 
-    for layer in encoder.layer_indices():
-        _, m = fit_eval([layer], (Candidate(hidden=0),))
-        table["layers"].append({"layer": layer, "val_score": val_rows[layer]["val_score"], **m})
+    table["layers"] = layer_probes_on_test(per_layer, encoder.layer_indices(), y_tr, y_va, test, labels=labels,
+                                           multi_label=multi, training=training)
     ranked = sorted(val_rows, key=lambda l: (val_rows[l]["val_score"], -val_rows[l]["val_loss"], l), reverse=True)
     trained, m = fit_eval([ranked[0]], DEFAULT_CANDIDATES)
     table["best_single_layer"] = {"layer": ranked[0], "val_score": max(c["val_score"] for c in trained.candidates), **m}

@@ -29,14 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import machine, write_result  # noqa: E402
 from bench.feature_cache import cached_features, resolved_spec  # noqa: E402
-from bench.fusion_accuracy import DATASETS, balanced_indices, score  # noqa: E402
+from bench.fusion_accuracy import DATASETS, balanced_indices, layer_probes_on_test, score  # noqa: E402
 from shared.fusion.escalation import EscalationTarget, choose_threshold  # noqa: E402
-from shared.fusion.layers import LINEAR_PROBE  # noqa: E402
 from shared.fusion.predict import decide  # noqa: E402
 from shared.fusion.search import choose, stack  # noqa: E402
 from shared.fusion.self_training import self_train  # noqa: E402
 from shared.fusion.training import (  # noqa: E402
-    Candidate, Signals, TrainingConfig, encode_targets, logits_of, split_train_validation, train_fusion,
+    Candidate, Signals, TrainingConfig, encode_targets, logits_of, split_train_validation,
 )
 from shared.metrics import correct_rows  # noqa: E402
 from shared.textio import read_labelled  # noqa: E402
@@ -55,7 +54,7 @@ def chosen_row(choice) -> dict:
     return next(c for c in choice.rows if c["chosen"])
 
 
-def study(name: str, *, data_dir: Path, cache_dir: Path, spec, training: TrainingConfig, one_se: bool,
+def study(name: str, *, data_dir: Path, cache_dir: Path, spec, training: TrainingConfig,
           self_training: bool = False) -> dict:
     train_file, test_file, dev_file, per_class = DATASETS[name]
     train, test = read_labelled(data_dir / train_file), read_labelled(data_dir / test_file)
@@ -88,7 +87,7 @@ def study(name: str, *, data_dir: Path, cache_dir: Path, spec, training: Trainin
 
     started = time.perf_counter()
     choice = choose([feats], y, y_val, labels=labels, multi_label=multi, auto=True, names=[spec.model],
-                    fusion="auto", width=256, training=training, one_se=one_se)
+                    fusion="auto", width=256, training=training)
     seconds = time.perf_counter() - started
     trained = choice.trained
     test_x, _ = stack([{l: [None, None, test_f[l]] for l in layers}], choice.blocks, 2)
@@ -127,13 +126,8 @@ def study(name: str, *, data_dir: Path, cache_dir: Path, spec, training: Trainin
         st_report["seconds"] = round(time.perf_counter() - started, 1)
         print(f"{name} self-trained: {st_report}", flush=True)
 
-    probes = []
-    for layer in layers:
-        probe = train_fusion(feats[layer][0], y, labels=labels, multi_label=multi, candidates=LINEAR_PROBE,
-                             config=training, validation=(feats[layer][1], y_val))
-        d = decide(logits_for(probe.model, test_f[layer]) / probe.temperatures["encoder"], multi_label=multi,
-                   threshold=probe.label_thresholds or 0.5)
-        probes.append({"layer": layer, "val_score": probe.candidates[0]["val_score"], **score(d, test, labels, multi)})
+    probes = layer_probes_on_test(lambda part, layer: (feats[layer][0], feats[layer][1], test_f[layer])[part], layers,
+                                  y, y_val, test, labels=labels, multi_label=multi, training=training)
     key = "micro_f1" if multi else "accuracy"
     best_after = max(probes, key=lambda r: r[key])
     chosen = chosen_row(choice)
@@ -163,16 +157,16 @@ def main() -> int:
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--calibration-share", type=float, default=TrainingConfig().calibration_share)
-    parser.add_argument("--select-by", default=TrainingConfig().select_by, choices=("score", "loss"))
-    parser.add_argument("--one-se", action="store_true", help="fewest blocks within one standard error of the top")
+    parser.add_argument("--ensemble", type=int, default=TrainingConfig().ensemble,
+                        help="networks averaged in the chosen model (TrainingConfig.ensemble)")
     parser.add_argument("--self-training", action="store_true",
                         help="AG News 4k: also self-train on the other AG News training texts, labels dropped")
     parser.add_argument("--out", default="bench-results/selection_study.json")
     args = parser.parse_args()
     spec = resolved_spec(args.encoder, args.max_length, args.precision)
-    training = TrainingConfig(seed=args.seed, calibration_share=args.calibration_share, select_by=args.select_by)
-    result = {**machine(), "precision": str(spec.precision), "seed": args.seed, "one_se": args.one_se,
-              "training": {"calibration_share": training.calibration_share, "select_by": training.select_by},
+    training = TrainingConfig(seed=args.seed, calibration_share=args.calibration_share, ensemble=args.ensemble)
+    result = {**machine(), "precision": str(spec.precision), "seed": args.seed,
+              "training": {"calibration_share": training.calibration_share, "ensemble": training.ensemble},
               "rows": []}
     print(f"CPU: {result['cpu']}; precision {spec.precision}; seed {args.seed}", flush=True)
     unknown = sorted(set(args.datasets.split(",")) - set(DATASETS))
@@ -181,7 +175,7 @@ def main() -> int:
         return 2
     for name in args.datasets.split(","):
         result["rows"].append(study(name, data_dir=Path(args.data_dir), cache_dir=Path(args.cache_dir), spec=spec,
-                                    training=training, one_se=args.one_se, self_training=args.self_training))
+                                    training=training, self_training=args.self_training))
     write_result(result, args.out)
     return 0
 

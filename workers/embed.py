@@ -26,5 +26,6 @@ def register(app: Celery, *, settings) -> None:
             release_freed_memory()  # new batch shapes would otherwise grow the worker without bound
         if embedded:
             self.app.send_task(str(TaskName.FUSE), args=[job_id, embedded])
-        log.info("job %s: embedded %d of %d items", job_id, len(embedded), len(item_ids))
+        log.info("job %s: %d of %d items handed to the aggregator (fast items are finished here)",
+                 job_id, len(embedded), len(item_ids))
         return len(embedded)

@@ -119,7 +119,7 @@ def validation_subset(features: list[LayerFeatures], rows: np.ndarray) -> list[L
 
 
 def choose(features: list[LayerFeatures], y: np.ndarray, y_val: np.ndarray, *, labels: list[str], multi_label: bool,
-           auto: bool, names: list[str], fusion: str, width: int, training: TrainingConfig, one_se: bool = False,
+           auto: bool, names: list[str], fusion: str, width: int, training: TrainingConfig,
            show_progress: bool = False) -> Choice:
     """Probe layers, fit the candidates and calibrate the winner, with the validation rows split
     between the search and the calibration as the module docstring says."""
@@ -130,21 +130,24 @@ def choose(features: list[LayerFeatures], y: np.ndarray, y_val: np.ndarray, *, l
                                     names=names, training=training, show_progress=show_progress)
     calibration = validation_subset(features, calibration_rows)
     trained, blocks, rows = select(search, sets, y, y_sel, labels=labels, multi_label=multi_label, fusion=fusion,
-                                   width=width, training=training, show_progress=show_progress, one_se=one_se,
+                                   width=width, training=training, show_progress=show_progress,
                                    calibration=(calibration, y_val[calibration_rows]))
+    if training.ensemble > 1:
+        trained = widen(search, calibration, blocks, rows, y, y_sel, y_val[calibration_rows], labels=labels,
+                        multi_label=multi_label, training=training, show_progress=show_progress)
     return Choice(trained=trained, blocks=blocks, rows=rows, layer_report=layer_report,
                   selection_rows=selection_rows, calibration_rows=calibration_rows)
 
 
 def select(features: list[LayerFeatures], sets: list[list[Block]], y: np.ndarray, y_val: np.ndarray, *,
            labels: list[str], multi_label: bool, fusion: str, width: int, training: TrainingConfig,
-           show_progress: bool = False, one_se: bool = False,
+           show_progress: bool = False,
            calibration: tuple[list[LayerFeatures], np.ndarray] | None = None,
            ) -> tuple[TrainedFusion, list[Block], list[dict]]:
     """Fit every block set x candidate; keep the best on validation (ties: lower loss, then fewer blocks).
 
-    ``one_se``: keep the block set with the fewest blocks whose best score is within one standard
-    error of the top score. ``calibration``: features and targets the winner is calibrated on."""
+    ``calibration``: features and targets the winner is calibrated on. (A one-standard-error rule,
+    fewest blocks within one SE of the top, was measured and lost up to 1.7 points: BENCHMARKS.)"""
     rows, fitted = [], []
     total = sum(len(candidates_for(len(b), fusion=fusion, width=width)) for b in sets)
     with progress_bar(total=total, desc="select fusion", unit="fit", enabled=show_progress) as bar:
@@ -160,18 +163,34 @@ def select(features: list[LayerFeatures], sets: list[list[Block]], y: np.ndarray
             for row in trained.candidates:
                 rows.append({**row, "blocks": name, "n_blocks": len(blocks), "chosen": False})
             top = max(range(len(rows) - len(trained.candidates), len(rows)),
-                      key=lambda j: selection_key(rows[j]["val_score"], rows[j]["val_loss"], training))
+                      key=lambda j: selection_key(rows[j]["val_score"], rows[j]["val_loss"]))
             fitted.append((trained, blocks, top))
-    keys = [selection_key(rows[top]["val_score"], rows[top]["val_loss"], training) for _, _, top in fitted]
+    keys = [selection_key(rows[top]["val_score"], rows[top]["val_loss"]) for _, _, top in fitted]
     best = max(range(len(fitted)), key=lambda k: (keys[k], -len(fitted[k][1])))
-    if one_se:
-        score = rows[fitted[best][2]]["val_score"]
-        se = float(np.sqrt(max(score * (1 - score), 1e-12) / max(len(y_val), 1)))
-        near = [k for k in range(len(fitted)) if rows[fitted[k][2]]["val_score"] >= score - se]
-        best = min(near, key=lambda k: (len(fitted[k][1]), -rows[fitted[k][2]]["val_score"]))
     trained, blocks, winner = fitted[best]
     rows[winner]["chosen"] = True
     return trained, blocks, rows
+
+
+def widen(search: list[LayerFeatures], calibration: list[LayerFeatures], blocks: list[Block], rows: list[dict],
+          y: np.ndarray, y_sel: np.ndarray, y_cal: np.ndarray, *, labels: list[str], multi_label: bool,
+          training: TrainingConfig, show_progress: bool = False) -> TrainedFusion:
+    """The chosen candidate fitted ``training.ensemble`` times (seeds seed, seed+1, ...) and averaged,
+    then calibrated like the single one; its row in ``rows`` becomes the chosen one."""
+    chosen = next(r for r in rows if r["chosen"])
+    candidate = Candidate(chosen["operator"], chosen["width"], chosen["hidden"])
+    train_x, dims = stack(search, blocks, 0)
+    with progress_bar(total=1, desc=f"fit {training.ensemble} networks", unit="ensemble",
+                      enabled=show_progress) as bar:
+        trained = train_fusion(train_x, y, labels=labels, multi_label=multi_label, block_dims=dims,
+                               candidates=(candidate,), config=training, validation=(stack(search, blocks, 1)[0], y_sel),
+                               calibration=(stack(calibration, blocks, 1)[0], y_cal), members=training.ensemble)
+        bar.update(1)
+    chosen["chosen"] = False
+    rows.append({**trained.candidates[0], "name": f"{candidate.name}, {training.ensemble} seeds averaged",
+                 "blocks": chosen["blocks"], "n_blocks": chosen["n_blocks"], "members": training.ensemble,
+                 "chosen": True})
+    return trained
 
 
 def stack(features: list[LayerFeatures], blocks: list[Block], part: int) -> tuple[np.ndarray, tuple[int, ...]]:

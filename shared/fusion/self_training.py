@@ -62,7 +62,8 @@ def self_train(trained: TrainedFusion, candidate: Candidate, train: tuple[np.nda
     x, y = train
     refit = train_fusion(np.concatenate([x, pseudo.features]), np.concatenate([y, pseudo.targets]),
                          labels=trained.labels, multi_label=trained.multi_label, block_dims=block_dims,
-                         candidates=(candidate,), config=config, validation=selection, calibration=calibration)
+                         candidates=(candidate,), config=config, validation=selection, calibration=calibration,
+                         members=config.ensemble)
     before = max(c["val_score"] for c in trained.candidates if _same(c, candidate))
     after = refit.candidates[0]["val_score"]
     report = {"offered": pseudo.offered, "pseudo_labelled": len(pseudo.targets),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import dataclasses
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -12,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from shared.fusion.calibration import fit_label_thresholds, fit_temperature
-from shared.fusion.model import ENCODER_ONLY_PATTERN, FusionConfig, FusionModel, pattern_key
+from shared.fusion.model import ENCODER_ONLY_PATTERN, FusionConfig, FusionModel, merge_members, pattern_key
 from shared.fusion.predict import decide
 from shared.metrics import MULTI_LABEL_ECE_NOTE, calibration_errors, correct_rows, score_logits
 
@@ -37,16 +38,17 @@ class TrainingConfig:
     # Share of the validation rows the search never sees, kept for temperature scaling, thresholds and
     # the reported validation figure (see shared.fusion.search.split_validation); 0: one set does all.
     calibration_share: float = 0.5
-    # What picks among candidates: "score" (accuracy / micro-F1, then loss) or "loss" (validation loss).
-    select_by: str = "score"
+    # Networks (different seeds) averaged in the chosen model: the search compares single networks,
+    # then the winner is fitted this many times (shared.fusion.search.choose).
+    ensemble: int = 1
 
     def __post_init__(self) -> None:
         if not 0.0 < self.val_fraction < 0.9:
             raise ValueError("val_fraction must be in (0, 0.9)")
         if not 0.0 <= self.calibration_share < 0.9:
             raise ValueError("calibration_share must be in [0, 0.9)")
-        if self.select_by not in ("score", "loss"):
-            raise ValueError("select_by must be 'score' or 'loss'")
+        if self.ensemble < 1:
+            raise ValueError("ensemble must be at least 1")
         if not 0.0 <= self.llm_dropout < 1.0:
             raise ValueError("llm_dropout must be in [0, 1)")
 
@@ -156,6 +158,7 @@ def train_fusion(
     config: TrainingConfig = TrainingConfig(),
     validation: tuple[Signals, np.ndarray] | None = None,
     calibration: tuple[Signals, np.ndarray] | None = None,
+    members: int = 1,
 ) -> TrainedFusion:
     """Fit every candidate, keep the best on validation, calibrate it per signal pattern.
 
@@ -164,7 +167,8 @@ def train_fusion(
     candidate saw; the temperatures, thresholds and validation report come from them (without it,
     from ``validation``, which then flatters the result: it chose the model). With LLM sources, training hides each present source with probability
     ``config.llm_dropout`` and selection averages the encoder-only and all-signals scores, so one
-    network serves every mode.
+    network serves every mode. ``members`` > 1: each candidate is that many networks from different
+    seeds, their logits averaged.
     """
     if isinstance(train, np.ndarray):
         train = Signals(train)
@@ -183,12 +187,12 @@ def train_fusion(
         fusion_config = FusionConfig(block_dims=block_dims, n_classes=len(labels), llm_sources=llm_sources,
                                      operator=candidate.operator, width=candidate.width, hidden=candidate.hidden,
                                      dropout=config.dropout, multi_label=multi_label)
-        model, val_loss, epochs = fit_one(fusion_config, train, targets, val, y_val, config)
+        model, val_loss, epochs = fit_members(fusion_config, train, targets, val, y_val, config, members)
         score = selection_score(model, val, y_val)
         results.append({**candidate.to_dict(), "name": candidate.name, "val_loss": round(val_loss, 5),
                         "val_score": round(score, 5), "epochs": epochs})
         log.info("candidate %s: val loss %.4f, val score %.4f after %d epochs", candidate.name, val_loss, score, epochs)
-        if best is None or selection_key(score, val_loss, config) > selection_key(best[1], best[2], config):
+        if best is None or selection_key(score, val_loss) > selection_key(best[1], best[2]):
             best = (model, score, val_loss)
     model = best[0]
     if calibration is not None:
@@ -206,9 +210,9 @@ def train_fusion(
                          candidates=results)
 
 
-def selection_key(score: float, val_loss: float, config: TrainingConfig) -> tuple[float, float]:
-    """Larger is better: validation score then loss, or loss then score (``config.select_by``)."""
-    return (score, -val_loss) if config.select_by == "score" else (-val_loss, score)
+def selection_key(score: float, val_loss: float) -> tuple[float, float]:
+    """Larger is better: validation score (accuracy / micro-F1), then lower loss."""
+    return (score, -val_loss)
 
 
 def _loss(logits: torch.Tensor, y: torch.Tensor, multi_label: bool) -> torch.Tensor:
@@ -258,6 +262,24 @@ def fit_one(fusion_config: FusionConfig, train: Signals, y_train: np.ndarray, va
     model.load_state_dict(best_state)
     model.eval()
     return model, best_loss, best_epoch
+
+
+def fit_members(fusion_config: FusionConfig, train: Signals, y_train: np.ndarray, val: Signals, y_val: np.ndarray,
+                config: TrainingConfig, members: int) -> tuple[FusionModel, float, int]:
+    """:func:`fit_one` for ``members`` seeds (config.seed, +1, ...) merged into one logit-averaging
+    model: (model, its validation loss, the members' largest best epoch)."""
+    if members == 1:
+        return fit_one(fusion_config, train, y_train, val, y_val, config)
+    fitted = []
+    for k in range(members):
+        torch.manual_seed(config.seed + k)
+        fitted.append(fit_one(fusion_config, train, y_train, val, y_val, dataclasses.replace(config, seed=config.seed + k)))
+    model = merge_members([m for m, _, _ in fitted])
+    y_val_t = torch.from_numpy(y_val)
+    with torch.no_grad():
+        val_loss = float(np.mean([float(_loss(model(*val.tensors(pattern=p)), y_val_t, fusion_config.multi_label))
+                                  for p in _selection_patterns(fusion_config.llm_sources)]))
+    return model, val_loss, max(e for _, _, e in fitted)
 
 
 def _selection_patterns(sources: tuple[str, ...]) -> list[tuple[bool, ...] | None]:

@@ -39,7 +39,9 @@ from shared.fusion.llm_signals import LLMUsage, gather_llm_signals
 from shared.fusion.predict import Decision
 from shared.fusion.search import EncodeOptions, block_sets, choose, layer_features, stack
 from shared.fusion.self_training import self_train
-from shared.fusion.training import Candidate, Signals, encode_targets, split_train_validation, train_fusion
+from shared.fusion.training import (
+    Candidate, Signals, TrainedFusion, encode_targets, split_train_validation, train_fusion,
+)
 from shared.llm.prompts import PROMPT_VERSION, LabelSet
 from shared.llm.sources import LLMSpec, parse_llm_spec, source_spec
 from shared.progress import progress_bar
@@ -187,36 +189,18 @@ class AutoFusionClassifier:
 
         sources = config.sources
         llm_specs = {source: self._llm_spec(source) for source in sources}
+        candidate = Candidate(chosen["operator"], chosen["width"], chosen["hidden"])
         if sources:
-            usage = self._llm_usage(texts + val_texts, labels, multi_label, llm_specs)
-            n = len(texts)
-            candidate = Candidate(chosen["operator"], chosen["width"], chosen["hidden"])
-            val_signals = Signals(val_x, usage.scores[n:], usage.mask[n:])
-            trained = train_fusion(Signals(train_x, usage.scores[:n], usage.mask[:n]), y, labels=labels,
-                                   multi_label=multi_label, block_dims=block_dims, llm_sources=sources,
-                                   candidates=(candidate,), config=config.training,
-                                   validation=(val_signals.subset(sel), y_val[sel]),
-                                   calibration=(val_signals.subset(cal), y_val[cal]))
-            report["llm"] = {"sources": {str(k): v.name for k, v in llm_specs.items()}, "calls": usage.calls,
-                             "questions": usage.questions, "failed": usage.failed,
-                             "spent_usd": round(usage.spent_usd, 6), "cost_per_text_usd": usage.cost_per_text}
-            log.info("fit asked the LLMs %d new questions (%d answered from the cache), spent $%.4f",
-                     usage.calls, usage.questions - usage.calls, usage.spent_usd)
+            trained, usage, val_signals, report["llm"] = self._refit_with_llms(
+                candidate, llm_specs, texts, val_texts, labels, multi_label, (train_x, y), (val_x, y_val),
+                block_dims, sel, cal)
         else:
             usage, val_signals = None, Signals(val_x)
             report["llm"] = None
             log.info("no LLM configured: the classifier is encoder-only (fast mode)")
             if unlabeled:
-                timer = time.perf_counter()
-                unlabeled_x = self._encode(final_specs, list(unlabeled), desc="encode unlabeled")
-                candidate = Candidate(chosen["operator"], chosen["width"], chosen["hidden"])
-                trained, report["self_training"] = self_train(
-                    trained, candidate, (train_x, y), (val_x[sel], y_val[sel]), (val_x[cal], y_val[cal]), unlabeled_x,
-                    block_dims=block_dims, config=config.training)
-                report["self_training"]["seconds"] = round(time.perf_counter() - timer, 2)
-                log.info("self-training: %d of %d unlabelled texts pseudo-labelled; %s",
-                         report["self_training"]["pseudo_labelled"], len(unlabeled),
-                         "kept" if report["self_training"]["kept"] else "not kept (selection score fell)")
+                trained, report["self_training"] = self._self_train(
+                    trained, candidate, final_specs, list(unlabeled), (train_x, y), (val_x, y_val), block_dims, sel, cal)
 
         self.artifact_ = ClassifierArtifact(
             model=trained.model, temperatures=trained.temperatures, labels=list(labels), multi_label=multi_label,
@@ -232,6 +216,43 @@ class AutoFusionClassifier:
         self.artifact_.metrics = {"validation": trained.validation, "fit": report}
         self.report_ = report
         return self
+
+    def _refit_with_llms(self, candidate: Candidate, llm_specs: dict[str, LLMSpec], texts: list[str],
+                         val_texts: list[str], labels: list[str], multi_label: bool, train: tuple, val: tuple,
+                         block_dims: tuple[int, ...], sel: np.ndarray, cal: np.ndarray):
+        """The chosen architecture refitted with the LLM signals beside the winner's features:
+        (trained, LLM usage, validation signals, the report's "llm" part)."""
+        (train_x, y), (val_x, y_val) = train, val
+        usage = self._llm_usage(texts + val_texts, labels, multi_label, llm_specs)
+        n = len(texts)
+        val_signals = Signals(val_x, usage.scores[n:], usage.mask[n:])
+        trained = train_fusion(Signals(train_x, usage.scores[:n], usage.mask[:n]), y, labels=labels,
+                               multi_label=multi_label, block_dims=block_dims, llm_sources=self.config.sources,
+                               candidates=(candidate,), config=self.config.training,
+                               validation=(val_signals.subset(sel), y_val[sel]),
+                               calibration=(val_signals.subset(cal), y_val[cal]),
+                               members=self.config.training.ensemble)
+        log.info("fit asked the LLMs %d new questions (%d answered from the cache), spent $%.4f",
+                 usage.calls, usage.questions - usage.calls, usage.spent_usd)
+        report = {"sources": {str(k): v.name for k, v in llm_specs.items()}, "calls": usage.calls,
+                  "questions": usage.questions, "failed": usage.failed,
+                  "spent_usd": round(usage.spent_usd, 6), "cost_per_text_usd": usage.cost_per_text}
+        return trained, usage, val_signals, report
+
+    def _self_train(self, trained: TrainedFusion, candidate: Candidate, specs: Sequence[EncoderSpec],
+                    unlabeled: list[str], train: tuple, val: tuple, block_dims: tuple[int, ...],
+                    sel: np.ndarray, cal: np.ndarray) -> tuple[TrainedFusion, dict]:
+        """One round of self-training on ``unlabeled`` (see :func:`self_train`): (kept model, report)."""
+        (train_x, y), (val_x, y_val) = train, val
+        timer = time.perf_counter()
+        unlabeled_x = self._encode(specs, unlabeled, desc="encode unlabeled")
+        trained, report = self_train(trained, candidate, (train_x, y), (val_x[sel], y_val[sel]),
+                                     (val_x[cal], y_val[cal]), unlabeled_x, block_dims=block_dims,
+                                     config=self.config.training)
+        report["seconds"] = round(time.perf_counter() - timer, 2)
+        log.info("self-training: %d of %d unlabelled texts pseudo-labelled; %s", report["pseudo_labelled"],
+                 len(unlabeled), "kept" if report["kept"] else "not kept (selection score fell)")
+        return trained, report
 
     def _check_unlabeled(self, unlabeled: Sequence[str]) -> None:
         if self.config.sources:

@@ -159,3 +159,41 @@ def test_a_client_subscribes_at_submit_and_its_wait_reads_the_notice_not_the_job
         told = client.wait(job_id, timeout=60)
         assert looks == []  # woken by the completing commit, whose notice carries the job's progress
         assert told.finished and told == progress(client, job_id)  # ... the same as a look would give
+
+
+def _claim_plan(settings, job_id) -> str:
+    """The plan Postgres picks for a claim's predicate (as ``claim_job_items`` writes it) on this job's first ids."""
+    with session_for(settings.effective_database_url) as session:
+        ids = session.scalars(sa.select(Item.id).where(Item.job_id == job_id).order_by(Item.id).limit(1024)).all()
+        rows = session.execute(sa.text(
+            "EXPLAIN UPDATE items SET attempts = attempts + 1 WHERE id = ANY(:ids) AND job_id = :job "
+            "AND status = 'pending' AND (lease_until IS NULL OR lease_until < now())"), {"ids": list(ids), "job": job_id})
+        return "\n".join(r[0] for r in rows)
+
+
+def test_a_large_job_refreshes_the_statistics_so_its_claims_read_their_ids_by_key(pg_settings, tiny_bert_path,
+                                                                                   monkeypatch):
+    from shared.client import FusionqClient
+    from shared.service import submit
+    from workers.dispatch import dispatcher_for
+
+    train_topics(pg_settings, tiny_bert_path)
+    texts = [f"text {i} about markets" for i in range(3000)]
+    # Given statistics taken when every item was finished (an earlier job, analysed once done)
+    done_job, _ = _submit(pg_settings, texts)
+    with session_for(pg_settings.effective_database_url) as session, session.begin():
+        session.execute(sa.update(Item).values(status="done"))
+        session.execute(sa.text("ANALYZE items"))
+    # a large job stored without fresh statistics has its claims read every pending item by status
+    stale_job, _ = _submit(pg_settings, texts)
+    assert "ix_items_status_lease" in _claim_plan(pg_settings, stale_job)
+    with session_for(pg_settings.effective_database_url) as session, session.begin():
+        session.execute(sa.update(Item).values(status="done"))
+        session.execute(sa.text("ANALYZE items"))
+    # When a job at least ANALYZE_AFTER_ITEMS large is submitted
+    monkeypatch.setattr(submit, "ANALYZE_AFTER_ITEMS", 3000)
+    with FusionqClient(pg_settings, dispatcher_factory=dispatcher_for) as client:
+        job_id = client.submit(texts, "topics")
+    # Then its claims go by primary key, 1,024 ids at a time, whatever the size of the job
+    plan = _claim_plan(pg_settings, job_id)
+    assert "pk_items" in plan and "ix_items_status_lease" not in plan, plan

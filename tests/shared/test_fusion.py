@@ -212,3 +212,50 @@ def test_self_training_pseudo_labels_only_what_calibration_says_is_sure():
     assert report["pseudo_labelled"] == len(pseudo.targets)
     assert report["kept"] == (report["selection_score_after"] >= report["selection_score_before"])
     assert (refit is trained) == (not report["kept"])
+
+
+def test_an_ensemble_averages_its_members_logits_and_survives_the_artifact(tmp_path):
+    from shared.fusion.model import merge_members
+
+    x, y = blobs(40, dim=8, spread=2.0)
+    tr, va = split_train_validation(y, val_fraction=0.25, seed=0)
+    singles = [train_fusion(x[tr], y[tr], labels=["a", "b", "c"], multi_label=False, candidates=(Candidate(hidden=16),),
+                            config=TrainingConfig(max_epochs=5, seed=seed), validation=(x[va], y[va])).model
+               for seed in (0, 1, 2)]
+    merged = merge_members(singles)
+    features = torch.from_numpy(x)
+    with torch.no_grad():
+        expected = torch.stack([m(features) for m in singles]).mean(0)
+        assert torch.allclose(merged(features), expected, atol=1e-6)
+        assert not torch.allclose(singles[0](features), singles[1](features))  # the seeds made different networks
+    # A one-network model keeps the weight names artifacts were always saved with
+    assert not any(k.startswith("extra_members") for k in singles[0].state_dict())
+    artifact = ClassifierArtifact(model=merged, temperatures={"encoder": 1.3}, labels=["a", "b", "c"],
+                                  multi_label=False, encoders=(EncoderSpec(model="m"),))
+    loaded = load_artifact(tmp_path / "v1", expected_sha256=save_artifact(tmp_path / "v1", artifact))
+    assert loaded.model.config.members == 3
+    assert np.array_equal(artifact.decide(x).probabilities, loaded.decide(x).probabilities)
+    with pytest.raises(ValueError, match="one-network models"):
+        merge_members([merged, singles[0]])
+    other_rows = train_fusion(x, y, labels=["a", "b", "c"], multi_label=False, candidates=(Candidate(hidden=16),),
+                              config=TrainingConfig(max_epochs=2)).model
+    with pytest.raises(ValueError, match="same training rows"):
+        merge_members([singles[0], other_rows])
+
+
+def test_training_an_ensemble_fits_the_chosen_candidate_once_per_seed():
+    from shared.fusion.search import choose
+
+    x, y = blobs(200, dim=8, spread=2.5)
+    train_idx, val_idx = split_train_validation(y, val_fraction=0.5, seed=0)
+    features = [{1: [x[train_idx], x[val_idx]], 2: [x[train_idx] * 0.5, x[val_idx] * 0.5]}]
+    kwargs = dict(labels=["a", "b", "c"], multi_label=False, auto=True, names=["e"], fusion="concat", width=8)
+    single = choose(features, y[train_idx], y[val_idx], training=TrainingConfig(max_epochs=10), **kwargs)
+    widened = choose(features, y[train_idx], y[val_idx], training=TrainingConfig(max_epochs=10, ensemble=3), **kwargs)
+    assert single.trained.model.config.members == 1 and widened.trained.model.config.members == 3
+    assert widened.blocks == single.blocks  # the search itself compares single networks
+    chosen = [r for r in widened.rows if r["chosen"]]
+    assert len(chosen) == 1 and chosen[0]["members"] == 3 and "3 seeds averaged" in chosen[0]["name"]
+    assert widened.trained.validation["n"] == single.trained.validation["n"]  # calibrated on the same rows
+    with pytest.raises(ValueError, match="ensemble"):
+        TrainingConfig(ensemble=0)
