@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -219,3 +220,17 @@ def test_train_with_unlabeled_texts_self_trains_and_refuses_a_bad_file(home, top
     assert main(["-q", "train", "--data", str(train_csv), "--name", "st", "--encoder", tiny_bert_path,
                  "--unlabeled", str(no_text)]) == 2
     assert "text" in capsys.readouterr().err
+
+
+def test_train_with_an_ensemble_averages_that_many_networks_and_refuses_none(home, topic_csvs, tiny_bert_path, capsys):
+    train_csv, _ = topic_csvs
+    assert main(["-q", "train", "--json", "--data", str(train_csv), "--name", "ens", "--encoder", tiny_bert_path,
+                 "--ensemble", "3"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["chosen"]["candidate"].endswith("3 seeds averaged")
+    from shared.fusion.artifact import load_artifact
+
+    assert load_artifact(Path(result["artifact"])).model.config.members == 3
+    assert main(["-q", "train", "--data", str(train_csv), "--name", "ens", "--encoder", tiny_bert_path,
+                 "--ensemble", "0"]) == 2
+    assert "--ensemble 0: give at least 1 network" in capsys.readouterr().err

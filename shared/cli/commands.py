@@ -39,6 +39,13 @@ def _classifier_options(args, settings) -> dict:
 
         options["finetune"] = FinetuneConfig(method=args.finetune, epochs=args.epochs, learning_rate=args.learning_rate,
                                              load_in_4bit=args.load_in_4bit)
+    if getattr(args, "ensemble", None) is not None:
+        from shared.errors import ConfigError
+        from shared.fusion.training import TrainingConfig
+
+        if args.ensemble < 1:
+            raise ConfigError(f"--ensemble {args.ensemble}: give at least 1 network")
+        options["training"] = TrainingConfig(ensemble=args.ensemble)
     if getattr(args, "escalate_accuracy", None) is not None:
         from shared.fusion.escalation import EscalationTarget
 

@@ -18,6 +18,7 @@ from shared.cli.commands import (
     cmd_train,
 )
 from shared.fusion.operators import OPERATORS
+from shared.fusion.training import TrainingConfig
 from shared.vocab import FinetuneMethod, Mode, Pooling, Precision, values
 
 
@@ -62,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
     _add_encoder_options(train)
     _add_fusion_options(train)
+    train.add_argument("--ensemble", type=int, metavar="N",
+                       help="networks (seeds) averaged in the chosen classifier (default %d; 1: a single network, "
+                            "the fastest fit)" % TrainingConfig().ensemble)
     train.add_argument("--llm", action="append",
                        help="LLM source fused with the encoder: local, api, hf:MODEL or openai:MODEL@URL; repeatable. "
                             "Training texts are scored through the cache (a second fit asks nothing new)")

@@ -250,7 +250,7 @@ def test_training_an_ensemble_fits_the_chosen_candidate_once_per_seed():
     train_idx, val_idx = split_train_validation(y, val_fraction=0.5, seed=0)
     features = [{1: [x[train_idx], x[val_idx]], 2: [x[train_idx] * 0.5, x[val_idx] * 0.5]}]
     kwargs = dict(labels=["a", "b", "c"], multi_label=False, auto=True, names=["e"], fusion="concat", width=8)
-    single = choose(features, y[train_idx], y[val_idx], training=TrainingConfig(max_epochs=10), **kwargs)
+    single = choose(features, y[train_idx], y[val_idx], training=TrainingConfig(max_epochs=10, ensemble=1), **kwargs)
     widened = choose(features, y[train_idx], y[val_idx], training=TrainingConfig(max_epochs=10, ensemble=3), **kwargs)
     assert single.trained.model.config.members == 1 and widened.trained.model.config.members == 3
     assert widened.blocks == single.blocks  # the search itself compares single networks
