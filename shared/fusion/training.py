@@ -250,8 +250,7 @@ def fit_one(fusion_config: FusionConfig, train: Signals, y_train: np.ndarray, va
             _loss(logits, y[batch], fusion_config.multi_label).backward()
             optimiser.step()
         model.eval()
-        with torch.no_grad():
-            val_loss = float(np.mean([float(_loss(model(*t), y_val_t, fusion_config.multi_label)) for t in val_tensors]))
+        val_loss = _validation_loss(model, val_tensors, y_val_t, fusion_config.multi_label)
         if val_loss < best_loss - config.min_improvement:
             best_loss, best_epoch, stale = val_loss, epoch, 0
             best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -276,11 +275,16 @@ def fit_members(fusion_config: FusionConfig, train: Signals, y_train: np.ndarray
         torch.manual_seed(config.seed + k)
         fitted.append(fit_one(fusion_config, train, y_train, val, y_val, dataclasses.replace(config, seed=config.seed + k)))
     model = merge_members([m for m, _, _ in fitted])
-    y_val_t = torch.from_numpy(y_val)
-    with torch.no_grad():
-        val_loss = float(np.mean([float(_loss(model(*val.tensors(pattern=p)), y_val_t, fusion_config.multi_label))
-                                  for p in _selection_patterns(fusion_config.llm_sources)]))
+    patterns = _selection_patterns(fusion_config.llm_sources)
+    val_loss = _validation_loss(model, [val.tensors(pattern=p) for p in patterns], torch.from_numpy(y_val),
+                                fusion_config.multi_label)
     return model, val_loss, max(e for _, _, e in fitted)
+
+
+def _validation_loss(model: FusionModel, val_tensors: list[tuple], y_val: torch.Tensor, multi_label: bool) -> float:
+    """Mean loss over the selection patterns' validation tensors (what early stopping watches)."""
+    with torch.no_grad():
+        return float(np.mean([float(_loss(model(*t), y_val, multi_label)) for t in val_tensors]))
 
 
 def _selection_patterns(sources: tuple[str, ...]) -> list[tuple[bool, ...] | None]:
