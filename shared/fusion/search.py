@@ -24,7 +24,8 @@ from shared.encoders.spec import EncoderSpec
 from shared.fusion.layers import probe_layers, rank_layers
 from shared.fusion.operators import OPERATORS
 from shared.fusion.training import (
-    DEFAULT_CANDIDATES, Candidate, TrainedFusion, TrainingConfig, selection_key, split_train_validation, train_fusion,
+    DEFAULT_CANDIDATES, Candidate, Signals, TrainedFusion, TrainingConfig, calibrate, fit_members, selection_key,
+    selection_score, split_train_validation, train_fusion,
 )
 from shared.progress import progress_bar
 
@@ -133,8 +134,8 @@ def choose(features: list[LayerFeatures], y: np.ndarray, y_val: np.ndarray, *, l
                                    width=width, training=training, show_progress=show_progress,
                                    calibration=(calibration, y_val[calibration_rows]))
     if training.ensemble > 1:
-        trained = widen(search, calibration, blocks, rows, y, y_sel, y_val[calibration_rows], labels=labels,
-                        multi_label=multi_label, training=training, show_progress=show_progress)
+        trained = widen(search, calibration, blocks, rows, trained, y, y_sel, y_val[calibration_rows], labels=labels,
+                        training=training, show_progress=show_progress)
     return Choice(trained=trained, blocks=blocks, rows=rows, layer_report=layer_report,
                   selection_rows=selection_rows, calibration_rows=calibration_rows)
 
@@ -173,24 +174,24 @@ def select(features: list[LayerFeatures], sets: list[list[Block]], y: np.ndarray
 
 
 def widen(search: list[LayerFeatures], calibration: list[LayerFeatures], blocks: list[Block], rows: list[dict],
-          y: np.ndarray, y_sel: np.ndarray, y_cal: np.ndarray, *, labels: list[str], multi_label: bool,
+          winner: TrainedFusion, y: np.ndarray, y_sel: np.ndarray, y_cal: np.ndarray, *, labels: list[str],
           training: TrainingConfig, show_progress: bool = False) -> TrainedFusion:
-    """The chosen candidate fitted ``training.ensemble`` times (seeds seed, seed+1, ...) and averaged,
-    then calibrated like the single one; its row in ``rows`` becomes the chosen one."""
+    """The chosen candidate as ``training.ensemble`` networks averaged: the search's ``winner`` and
+    seeds seed+1, seed+2, ... fitted on the same rows; calibrated like the single one. Its row in
+    ``rows`` becomes the chosen one."""
     chosen = next(r for r in rows if r["chosen"])
-    candidate = Candidate(chosen["operator"], chosen["width"], chosen["hidden"])
-    train_x, dims = stack(search, blocks, 0)
+    train, val = Signals(stack(search, blocks, 0)[0]), Signals(stack(search, blocks, 1)[0])
     with progress_bar(total=1, desc=f"fit {training.ensemble} networks", unit="ensemble",
                       enabled=show_progress) as bar:
-        trained = train_fusion(train_x, y, labels=labels, multi_label=multi_label, block_dims=dims,
-                               candidates=(candidate,), config=training, validation=(stack(search, blocks, 1)[0], y_sel),
-                               calibration=(stack(calibration, blocks, 1)[0], y_cal), members=training.ensemble)
+        model, val_loss, epochs = fit_members(winner.model.config, train, y, val, y_sel, training, training.ensemble,
+                                              first=(winner.model, chosen["val_loss"], chosen["epochs"]))
         bar.update(1)
     chosen["chosen"] = False
-    rows.append({**trained.candidates[0], "name": f"{candidate.name}, {training.ensemble} seeds averaged",
-                 "blocks": chosen["blocks"], "n_blocks": chosen["n_blocks"], "members": training.ensemble,
-                 "chosen": True})
-    return trained
+    rows.append({**{k: chosen[k] for k in ("operator", "width", "hidden", "blocks", "n_blocks")},
+                 "name": f"{chosen['name']}, {training.ensemble} seeds averaged", "val_loss": round(val_loss, 5),
+                 "val_score": round(selection_score(model, val, y_sel), 5), "epochs": epochs,
+                 "members": training.ensemble, "chosen": True})
+    return calibrate(model, stack(calibration, blocks, 1)[0], y_cal, labels=labels, candidates=[rows[-1]])
 
 
 def stack(features: list[LayerFeatures], blocks: list[Block], part: int) -> tuple[np.ndarray, tuple[int, ...]]:

@@ -195,20 +195,27 @@ def train_fusion(
         log.info("candidate %s: val loss %.4f, val score %.4f after %d epochs", candidate.name, val_loss, score, epochs)
         if best is None or selection_key(score, val_loss) > selection_key(best[1], best[2]):
             best = (model, score, val_loss)
-    model = best[0]
     if calibration is not None:
         val, y_val = calibration
-        val = Signals(val) if isinstance(val, np.ndarray) else val
+    return calibrate(best[0], val, y_val, labels=labels, candidates=results)
+
+
+def calibrate(model: FusionModel, val: Signals | np.ndarray, y_val: np.ndarray, *, labels: list[str],
+              candidates: list[dict]) -> TrainedFusion:
+    """``model`` with its per-pattern temperatures, label thresholds (multi-label) and validation
+    report, all fitted on (``val``, ``y_val``)."""
+    val = Signals(val) if isinstance(val, np.ndarray) else val
+    multi_label = model.config.multi_label
     temperatures = fit_pattern_temperatures(model, val, y_val)
     thresholds = None
     if multi_label:
-        fast_logits = logits_of(model, val, pattern=(False,) * len(llm_sources))
+        fast_logits = logits_of(model, val, pattern=(False,) * len(model.config.llm_sources))
         thresholds = fit_label_thresholds(
             decide(fast_logits / temperatures[ENCODER_ONLY_PATTERN], multi_label=True).probabilities, y_val)
     return TrainedFusion(model=model, temperatures=temperatures, labels=list(labels), multi_label=multi_label,
                          label_thresholds=thresholds,
                          validation=validation_report(model, val, y_val, temperatures, thresholds),
-                         candidates=results)
+                         candidates=candidates)
 
 
 def selection_key(score: float, val_loss: float) -> tuple[float, float]:
@@ -265,13 +272,16 @@ def fit_one(fusion_config: FusionConfig, train: Signals, y_train: np.ndarray, va
 
 
 def fit_members(fusion_config: FusionConfig, train: Signals, y_train: np.ndarray, val: Signals, y_val: np.ndarray,
-                config: TrainingConfig, members: int) -> tuple[FusionModel, float, int]:
+                config: TrainingConfig, members: int,
+                first: tuple[FusionModel, float, int] | None = None) -> tuple[FusionModel, float, int]:
     """:func:`fit_one` for ``members`` seeds (config.seed, +1, ...) merged into one logit-averaging
-    model: (model, its validation loss, the members' largest best epoch)."""
+    model: (model, its validation loss, the members' largest best epoch). ``first``: a network
+    already fitted on the same rows (the search's winner), :func:`fit_one`'s result, taken as the
+    first member instead of fitting seed config.seed again."""
     if members == 1:
-        return fit_one(fusion_config, train, y_train, val, y_val, config)
-    fitted = []
-    for k in range(members):
+        return first or fit_one(fusion_config, train, y_train, val, y_val, config)
+    fitted = [first] if first else []
+    for k in range(len(fitted), members):
         torch.manual_seed(config.seed + k)
         fitted.append(fit_one(fusion_config, train, y_train, val, y_val, dataclasses.replace(config, seed=config.seed + k)))
     model = merge_members([m for m, _, _ in fitted])

@@ -257,5 +257,8 @@ def test_training_an_ensemble_fits_the_chosen_candidate_once_per_seed():
     chosen = [r for r in widened.rows if r["chosen"]]
     assert len(chosen) == 1 and chosen[0]["members"] == 3 and "3 seeds averaged" in chosen[0]["name"]
     assert widened.trained.validation["n"] == single.trained.validation["n"]  # calibrated on the same rows
+    # the search's winner is the first member, not fitted a second time
+    members_state = widened.trained.model.state_dict()
+    assert all(torch.equal(members_state[k], v) for k, v in single.trained.model.state_dict().items())
     with pytest.raises(ValueError, match="ensemble"):
         TrainingConfig(ensemble=0)
