@@ -103,7 +103,11 @@ def study(name: str, *, data_dir: Path, cache_dir: Path, spec, training: Trainin
     threshold = choose_threshold(EscalationTarget(), cal_decision.confidence, cal_correct)
     test_correct = correct_rows(decision.label_matrix, y_test, multi)
     kept_val, kept_test = cal_decision.confidence >= threshold, decision.confidence >= threshold
+    # the model's own estimate of the kept accuracy: the calibrated confidences' mean (single-label only:
+    # a multi-label confidence is one per-class decision, not the chance that the whole label set is right)
+    expected = None if multi else round(float(cal_decision.confidence[kept_val].mean()), 4)
     promise = {"threshold": round(threshold, 4), "validation_kept_accuracy": round(float(cal_correct[kept_val].mean()), 4),
+               "validation_expected_kept_accuracy": expected,
                "test_kept_accuracy": round(float(test_correct[kept_test].mean()), 4),
                "validation_escalated": round(float((~kept_val).mean()), 4),
                "test_escalated": round(float((~kept_test).mean()), 4)}
