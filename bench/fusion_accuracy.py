@@ -88,6 +88,7 @@ def score(decision, test: LabelledData, labels: list[str], multi_label: bool) ->
                              multi_label=multi_label, probabilities=decision.probabilities)
     top70 = next(row["accuracy"] for row in m["coverage_accuracy"] if row["coverage"] == 0.7)
     out = {"accuracy": round(m["accuracy"], 4), "macro_f1": round(m["macro_f1"], 4), "ece": round(m["ece"], 4),
+           "ece_noise_floor": round(m["ece_noise_floor"], 4),
            "accuracy_top70": round(top70, 4)}
     if multi_label:
         out["micro_f1"] = round(m["micro_f1"], 4)

@@ -163,6 +163,9 @@ def markdown_report(report: dict) -> str:
                   f"| ECE of the item confidence vs exact match | {report['ece_exact_match']:.4f} |"]
     else:
         lines.append(f"| expected calibration error | {report['ece']:.4f} |")
+    if report.get("ece_noise_floor") is not None:
+        lines.append(f"| ECE a perfectly calibrated model could show on these items (95th percentile) | "
+                     f"{report['ece_noise_floor']:.4f} |")
     if report["multi_label"]:
         lines += ["", f"Calibration: {MULTI_LABEL_ECE_NOTE}."]
     lines += ["", "## Coverage-accuracy (most confident share of items)", "",

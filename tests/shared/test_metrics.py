@@ -1,6 +1,6 @@
 import numpy as np
 
-from shared.metrics import expected_calibration_error
+from shared.metrics import ece_noise_floor, expected_calibration_error
 from shared.metrics import coverage_accuracy, evaluate_predictions
 
 
@@ -26,3 +26,20 @@ def test_report_counts_per_class_and_confusion():
     assert report["per_class"]["a"] == {"precision": 1.0, "recall": 0.5, "f1": 2 / 3, "support": 2}
     assert report["confusion"] == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
     assert abs(report["macro_f1"] - np.mean([2 / 3, 2 / 3, 1.0])) < 1e-12
+
+
+def test_the_ece_noise_floor_separates_sampling_noise_from_miscalibration():
+    rng = np.random.default_rng(3)
+    confidence = rng.uniform(0.5, 1.0, 2000)
+    floor = ece_noise_floor(confidence)
+    # outcomes drawn at the stated confidence: a calibrated model, whose ECE is noise only
+    calibrated = [expected_calibration_error(confidence, rng.random(2000) < confidence) for _ in range(40)]
+    assert 0.0 < np.median(calibrated) < floor and np.mean(np.array(calibrated) <= floor) >= 0.85
+    # ten points over-confident: well above the floor
+    assert expected_calibration_error(confidence, rng.random(2000) < confidence - 0.1) > 2 * floor
+    # the floor shrinks with the number of items, and is reproducible
+    assert ece_noise_floor(rng.uniform(0.5, 1.0, 20000)) < floor / 2
+    assert ece_noise_floor(confidence) == floor and ece_noise_floor(np.array([])) == 0.0
+    report = evaluate_predictions(np.eye(2, dtype=bool)[[0, 1, 1]], np.eye(2, dtype=bool)[[0, 1, 0]],
+                                  np.array([0.9, 0.8, 0.6]), ["a", "b"], multi_label=False)
+    assert report["ece_noise_floor"] > 0
