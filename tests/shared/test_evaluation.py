@@ -74,6 +74,7 @@ def test_multi_label_report_names_both_f1s_and_both_eces(tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert f"| macro-F1 | {report['macro_f1']:.4f} |" in md and f"| micro-F1 | {report['micro_f1']:.4f} |" in md
     assert "| expected calibration error (per label) |" in md and "exact match" in md
+    assert f"perfectly calibrated model could show on these items (95th percentile) | {report['ece_noise_floor']:.4f} |" in md
     assert "per label" in json.loads((tmp_path / "metrics.json").read_text())["ece_note"]
 
 
