@@ -231,6 +231,14 @@ def test_train_with_an_ensemble_averages_that_many_networks_and_refuses_none(hom
     from shared.fusion.artifact import load_artifact
 
     assert load_artifact(Path(result["artifact"])).model.config.members == 3
+    assert result["escalation"]["validation_kept_n"] > 0 and result["escalation"]["target"] == {
+        "share": 0.2, "kept_accuracy": None}
+    # the human summary states the escalation promise with its standard error
+    assert main(["-q", "train", "--data", str(train_csv), "--name", "ens", "--encoder", tiny_bert_path,
+                 "--ensemble", "1"]) == 0
+    summary = capsys.readouterr().out
+    assert "escalation: confidence under" in summary and "(target share 0.2)" in summary
+    assert "one standard error)" in summary.split("escalation:")[1]
     assert main(["-q", "train", "--data", str(train_csv), "--name", "ens", "--encoder", tiny_bert_path,
                  "--ensemble", "0"]) == 2
     assert "--ensemble 0: give at least 1 network" in capsys.readouterr().err

@@ -110,10 +110,16 @@ def calibrate_escalation(artifact, target: EscalationTarget, features: np.ndarra
         correct_fused = correct_rows(fused.label_matrix, y_val, artifact.multi_label)
     threshold = choose_threshold(target, fast.confidence, correct_fast)
     kept = fast.confidence >= threshold
+    kept_accuracy = float(correct_fast[kept].mean()) if kept.any() else None
     return {
         "target": target.to_dict(), "threshold": threshold,
         "validation_escalated_share": float((~kept).mean()),
-        "validation_kept_accuracy": float(correct_fast[kept].mean()) if kept.any() else None,
+        # the promise, counted on the kept rows, and its binomial standard error: on a few hundred
+        # calibration rows it is one or two points (issue 13: MR, 425 kept rows, ± 1.9)
+        "validation_kept_accuracy": kept_accuracy,
+        "validation_kept_n": int(kept.sum()),
+        "validation_kept_accuracy_se": (float(np.sqrt(kept_accuracy * (1 - kept_accuracy) / kept.sum()))
+                                        if kept.any() else None),
         "validation_size": int(len(y_val)),
         "llm_cost_per_text_usd": llm_cost_per_text,
         "curve": escalation_curve(fast.confidence, correct_fast, correct_fused, llm_cost_per_item=llm_cost_per_text),

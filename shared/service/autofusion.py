@@ -212,6 +212,7 @@ class AutoFusionClassifier:
             self.artifact_, config.escalation, cal_signals.features, y_val[cal], llm_scores=cal_signals.llm_scores,
             llm_mask=cal_signals.llm_mask, llm_cost_per_text=usage.cost_per_text if usage else 0.0)
         report["validation"] = trained.validation
+        report["escalation"] = {k: v for k, v in self.artifact_.escalation.items() if k != "curve"}
         report["seconds"] = round(time.perf_counter() - started, 2)
         self.artifact_.metrics = {"validation": trained.validation, "fit": report}
         self.report_ = report

@@ -37,6 +37,13 @@ class TrainingResult:
                  f"(± {v.get('accuracy_se', 0.0):.4f}, one standard error), "
                  f"ECE{' per label' if row.multi_label else ''} {v['ece_calibrated']:.4f} calibrated / "
                  f"{v['ece_raw']:.4f} raw"]
+        esc = self.report.get("escalation")
+        if esc and esc.get("validation_kept_accuracy") is not None:
+            lines.append(f"  escalation: confidence under {esc['threshold']:.4f} goes to the LLM path (target "
+                         f"{', '.join(f'{k} {t}' for k, t in esc['target'].items() if t is not None)}); on the "
+                         f"calibration rows {esc['validation_escalated_share']:.1%} escalated and the "
+                         f"{esc['validation_kept_n']} kept were {esc['validation_kept_accuracy']:.4f} accurate "
+                         f"(± {esc['validation_kept_accuracy_se']:.4f}, one standard error)")
         llm = self.report["llm"]
         if llm:
             lines.append(f"  LLM {', '.join(f'{k}={m}' for k, m in llm['sources'].items())}: {llm['calls']} new calls "
@@ -59,6 +66,7 @@ class TrainingResult:
                 "validation": {k: v for k, v in self.validation.items() if k != "patterns"},
                 "llm": self.report["llm"] or "none configured: encoder-only classifier (fast mode)",
                 "sizes": {k: self.report.get(k) for k in ("n_train", "n_selection", "n_calibration")},
+                "escalation": self.report.get("escalation"),
                 "self_training": self.report.get("self_training"), "seconds": round(self.seconds, 1)}
 
 

@@ -88,6 +88,10 @@ def test_escalation_threshold_meets_its_target_on_validation(sqlite_settings, ti
                        if c["kept_accuracy"] is not None and c["kept_accuracy"] >= 0.9]
             assert esc["validation_escalated_share"] == min(meeting)
         assert len(esc["curve"]) == 21 and esc["curve"][0]["escalated_share"] == 0.0
+        kept_n, acc = esc["validation_kept_n"], esc["validation_kept_accuracy"]
+        assert kept_n == round(n_val * (1 - esc["validation_escalated_share"]))
+        assert esc["validation_kept_accuracy_se"] == pytest.approx((acc * (1 - acc) / kept_n) ** 0.5)
+        assert clf.report_["escalation"]["threshold"] == esc["threshold"] and "curve" not in clf.report_["escalation"]
 
 
 def test_multi_label_fit_learns_per_class_thresholds(sqlite_settings, tiny_bert_path):
