@@ -136,6 +136,7 @@ def _mode_row(labels, confidence, data: LabelledData, artifact, seconds: float, 
     """A mode's metrics and costs, and per answered item whether it is right."""
     m, correct = score_predictions(data, artifact.labels, artifact.multi_label, labels, confidence, probabilities)
     row = {"n_answered": len(correct), "accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "ece": m["ece"],
+           "ece_noise_floor": m["ece_noise_floor"],
            "coverage_accuracy": m["coverage_accuracy"], "escalated_share": escalated,
            "llm_questions_per_1000": round(questions * 1000 / n, 1) if n else 0.0,
            "llm_calls_per_1000": round(calls * 1000 / n, 1) if n else 0.0,
@@ -145,7 +146,7 @@ def _mode_row(labels, confidence, data: LabelledData, artifact, seconds: float, 
         row["micro_f1"] = m["micro_f1"]
         row["ece_exact_match"] = m["ece_exact_match"]
     if not len(correct):  # nothing answered (an LLM whose every answer failed): no metric, not zeros
-        for key in ("accuracy", "macro_f1", "micro_f1", "ece", "ece_exact_match"):
+        for key in ("accuracy", "macro_f1", "micro_f1", "ece", "ece_noise_floor", "ece_exact_match"):
             if key in row:
                 row[key] = None
         row["coverage_accuracy"] = []
@@ -170,6 +171,10 @@ def _comparison_markdown(report: dict) -> str:
         lines.append(f"| {mode} | {' | '.join(shown)} | "
                      f"{r['escalated_share']:.1%} | {r['llm_questions_per_1000']:.0f} | "
                      f"{r['llm_calls_per_1000']:.0f} | ${r['llm_cost_per_1000_usd']:.4f} | {r['wall_seconds']:.1f} |")
+    floors = [r["ece_noise_floor"] for r in report["modes"].values() if r.get("ece_noise_floor") is not None]
+    if floors:
+        lines += ["", f"ECE noise floor: a perfectly calibrated model could show an ECE up to {max(floors):.4f} on "
+                  "these items (95th percentile of simulated outcomes); only an ECE above it shows miscalibration."]
     if multi:
         lines += ["", f"Calibration: {MULTI_LABEL_ECE_NOTE}."]
     esc = report["escalation"]

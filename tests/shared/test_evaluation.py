@@ -87,6 +87,11 @@ def test_comparison_markdown_names_macro_and_micro_f1_for_multi_label():
     header = next(line for line in md.splitlines() if line.startswith("| mode"))
     assert "macro-F1" in header and "micro-F1" in header and "ECE per label" in header
     assert "| fast | 0.5000 | 0.2500 | 0.7500 | 0.0100 | 0.2000 |" in md
+    assert "ECE noise floor" not in md  # a row without one (an older report) gets no sentence
+    md = _comparison_markdown({"classifier": "m@1", "data": "d.csv", "n_texts": 2, "multi_label": True,
+                               "escalation": {}, "modes": {"fast": {**row, "ece_noise_floor": 0.031},
+                                                           "full": {**row, "ece_noise_floor": 0.042}}})
+    assert "perfectly calibrated model could show an ECE up to 0.0420 on these items" in md
     line = metrics_line(row, True)
     assert "macro-F1 0.2500" in line and "micro-F1 0.7500" in line
 
