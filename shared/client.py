@@ -41,7 +41,7 @@ from shared.vocab import Mode, Source
 SAFETY_LOOK_SECONDS = 2.0
 
 
-def _finished_progress(notice: str | None) -> JobProgress | None:
+def finished_progress(notice: str | None) -> JobProgress | None:
     """The progress a job-completion notice carries (see ``shared.db.jobs.progress_payload``), or
     None: no notice, an empty one (the sweeper's), or anything else unreadable, and the caller looks."""
     if not notice:
@@ -62,15 +62,20 @@ class FusionqClient:
     """A caller's handle on fusionq. Close it (or use ``with``) to stop an embedded worker."""
 
     def __init__(self, settings: Settings | None = None, *,
-                 dispatcher_factory: Callable[[Settings], Dispatcher] | None = None) -> None:
+                 dispatcher_factory: Callable[[Settings], Dispatcher] | None = None,
+                 listen_on_submit: bool = True) -> None:
         """``dispatcher_factory`` builds the dispatcher on first use (by default ``workers.dispatch.dispatcher_for``),
-        so a client that only reads never starts an embedded worker."""
+        so a client that only reads never starts an embedded worker. ``listen_on_submit``: subscribe
+        this client's listener to each job it submits, for a later :meth:`wait` here; a server whose
+        threads share one client and never call it passes False (it waits through a ``NoticeHub``),
+        else every job's notice would pile up unread on the listener's connection."""
         self.settings = settings or get_settings()
         self._url = self.settings.effective_database_url
         ensure_schema(self._url)
         self._dispatcher_factory = dispatcher_factory
         self._dispatcher: Dispatcher | None = None
         self._listener = JobListener(self._url)  # connects on the first wait, kept for the client's life
+        self._on_stored = self._listener.listen if listen_on_submit else None
 
     @property
     def dispatcher(self) -> Dispatcher:
@@ -112,7 +117,7 @@ class FusionqClient:
         """
         return submit_job(self.settings, self.dispatcher, texts, classifier, mode, idempotency_key=idempotency_key,
                           item_modes=item_modes, budget_share=budget_share, budget_items=budget_items,
-                          budget_usd=budget_usd, notify=notify, on_stored=self._listener.listen)
+                          budget_usd=budget_usd, notify=notify, on_stored=self._on_stored)
 
     def submit_llm(self, texts: Sequence[str], labels: LabelSet, *, multi_label: bool = False,
                    source: str = Source.LOCAL, idempotency_key: str | None = None) -> uuid.UUID:
@@ -120,7 +125,7 @@ class FusionqClient:
         source_spec(self.settings, source)  # refuse an unconfigured source before anything is stored
         job_labels = {"names": list(labels.names), "descriptions": list(labels.descriptions)}
         return store_and_send(self.settings, self.dispatcher, text_list(texts), classifier_ref=None, mode=Mode.LLM,
-                              key=idempotency_key, on_stored=self._listener.listen, labels=job_labels,
+                              key=idempotency_key, on_stored=self._on_stored, labels=job_labels,
                               multi_label=multi_label, llm_source=Source(source))
 
     def progress(self, job_id: uuid.UUID | str) -> JobProgress:
@@ -169,7 +174,7 @@ class FusionqClient:
                 notice = listener.wait_for(
                     look_every if deadline is None else max(0.0, min(look_every, deadline - time.monotonic())), job_id)
             while True:
-                if (told := _finished_progress(notice)) is not None:
+                if (told := finished_progress(notice)) is not None:
                     return told  # the completing commit's notice carries the job's progress: no query
                 listener.listen(job_id)  # before each look (a no-op once subscribed): nothing slips between
                 try:

@@ -21,6 +21,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -40,8 +41,9 @@ from shared.api.models import (
     Readiness,
     ResultsPage,
 )
-from shared.client import FusionqClient
+from shared.client import SAFETY_LOOK_SECONDS, FusionqClient, finished_progress
 from shared.db.engine import session_for
+from shared.db.notify import NoticeHub
 from shared.db.registry import list_classifiers
 from shared.errors import (
     ClassifierNotFound,
@@ -59,13 +61,20 @@ ERRORS = {401: {"model": Problem}, 404: {"model": Problem}, 409: {"model": Probl
 
 
 def create_api(settings: Settings, client: FusionqClient | None = None) -> FastAPI:
-    """The API over ``client`` (by default one on ``settings``, with the dispatcher they ask for)."""
+    """The API over ``client`` (by default one on ``settings``, with the dispatcher they ask for;
+    a client given here should be made with ``listen_on_submit=False``: see FusionqClient)."""
     if client is None:
         from shared.cli.commands import connect
 
-        client = connect(settings)
+        client = connect(settings, listen_on_submit=False)
+    notices = NoticeHub(settings.effective_database_url)  # /v1/classify is told its job finished
     keys = [k.strip() for k in (settings.api_keys.get_secret_value() if settings.api_keys else "").split(",") if k.strip()]
-    api = FastAPI(title="fusionq", version="1", description=__doc__.split("\n\n")[0],
+    @asynccontextmanager
+    async def lifespan(_app):
+        yield
+        notices.close()
+
+    api = FastAPI(title="fusionq", version="1", description=__doc__.split("\n\n")[0], lifespan=lifespan,
                   responses={k: v for k, v in ERRORS.items() if k in (401, 422, 503)})
     api.state.client, api.state.settings = client, settings
     api.add_middleware(_BodyLimit, max_bytes=settings.api_max_body_mb * 2**20)
@@ -116,7 +125,7 @@ def create_api(settings: Settings, client: FusionqClient | None = None) -> FastA
         longer than ``timeout_s`` (its results stay readable at the results URL)."""
         job_id = client.submit(request.texts, request.classifier, str(request.mode), idempotency_key=idempotency_key,
                                **request.submit_options())
-        progress = _wait(client, job_id, request.timeout_s)
+        progress = _wait(client, notices, job_id, request.timeout_s)
         if not progress.finished:
             return JSONResponse(_accepted(job_id, progress.status).model_dump(mode="json"), status_code=202)
         return ClassifyAnswer(job_id=job_id, status=progress.status, results=client.results(job_id))
@@ -156,16 +165,23 @@ def _accepted(job_id: uuid.UUID, status: str) -> JobAccepted:
                        results_url=f"/v1/jobs/{job_id}/results")
 
 
-def _wait(client: FusionqClient, job_id: uuid.UUID, timeout: float):
-    """Poll the job row until it finishes or ``timeout`` passes: 10 ms at first, doubling to 200 ms.
-    (The client's LISTEN connection is one per client; request threads must not share it.)"""
+def _wait(client: FusionqClient, notices: NoticeHub, job_id: uuid.UUID, timeout: float):
+    """The job's progress once it finishes or ``timeout`` passes. Told by the completing commit's
+    notice (the hub listens before the first look, so nothing slips between); without Postgres, or
+    while the hub's connection is down, it polls the job row: 10 ms at first, doubling to 200 ms."""
     deadline, pause = time.monotonic() + timeout, 0.01
-    while True:
-        progress = client.progress(job_id)
-        if progress.finished or time.monotonic() >= deadline:
-            return progress
-        time.sleep(min(pause, max(deadline - time.monotonic(), 0)))
-        pause = min(pause * 2, 0.2)
+    with notices.watch(job_id) as watch:
+        while True:
+            progress = client.progress(job_id)
+            left = deadline - time.monotonic()
+            if progress.finished or left <= 0:
+                return progress
+            if watch.listening.is_set():
+                if (told := finished_progress(watch.wait(min(left, SAFETY_LOOK_SECONDS)))) is not None:
+                    return told  # the notice carries the finished job's progress: no query
+            else:
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, 0.2)
 
 
 def _ndjson(client: FusionqClient, job_id: uuid.UUID, offset: int) -> Iterator[bytes]:

@@ -13,13 +13,13 @@ from shared.cli.outputs import check_output_dir, check_output_file, write_predic
 from shared.vocab import ScoreMethod
 
 
-def connect(settings):
+def connect(settings, **options):
     """A client wired to the dispatcher its settings ask for (Celery on the broker, or the embedded
-    worker), connected when the first job is sent."""
+    worker), connected when the first job is sent. ``options``: FusionqClient's."""
     from shared.client import FusionqClient
     from workers.dispatch import dispatcher_for
 
-    return FusionqClient(settings, dispatcher_factory=dispatcher_for)
+    return FusionqClient(settings, dispatcher_factory=dispatcher_for, **options)
 
 
 def _classifier_options(args, settings) -> dict:
@@ -268,7 +268,7 @@ def cmd_serve(args, settings) -> int:
     if not settings.api_keys and args.host not in LOOPBACK:
         raise ConfigError(f"--host {args.host} would let anyone on the network submit jobs: set FUSIONQ_API_KEYS "
                           "(comma-separated keys) or serve on 127.0.0.1")
-    client = connect(settings)
+    client = connect(settings, listen_on_submit=False)  # request threads wait through the API's NoticeHub
     api = create_api(settings, client)
     guard = "API keys required" if settings.api_keys else "no FUSIONQ_API_KEYS set: loopback only, no key asked"
     print(f"fusionq API on http://{args.host}:{args.port} (docs at /docs; {guard})", file=sys.stderr, flush=True)

@@ -9,8 +9,13 @@ embedded default, one process) has no such channel; there the listener just slee
 from __future__ import annotations
 
 import logging
+import os
+import select
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -153,3 +158,149 @@ class JobListener:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class JobWatch:
+    """One thread's wait for one job's notice, handed over by a :class:`NoticeHub`."""
+
+    def __init__(self, channel: str) -> None:
+        self.channel = channel
+        self.listening = threading.Event()  # set once the hub's LISTEN for the channel is in force
+        self._arrived = threading.Event()
+        self._payload: str | None = None
+
+    def deliver(self, payload: str) -> None:
+        self._payload = payload
+        self._arrived.set()
+
+    def wait(self, timeout: float) -> str | None:
+        """The payload of the next notice for the job, or None when ``timeout`` passes first. Only
+        meaningful while :attr:`listening` is set; otherwise the caller polls."""
+        if not self._arrived.wait(timeout):
+            return None
+        self._arrived.clear()
+        return self._payload
+
+
+class NoticeHub:
+    """Job notices for many threads (the HTTP API's request threads) over one LISTEN connection.
+
+    :class:`JobListener` serves one caller thread, which reads its own connection. A server's
+    request threads cannot share that: here one background thread owns the connection, runs the
+    LISTEN/UNLISTEN commands that :meth:`watch` asks for, and hands each notice to the threads
+    watching that job. A watcher looks at the job after its LISTEN is in force and before it
+    waits, so a completion cannot fall between the two. Without Postgres, or while the connection
+    is lost, :meth:`JobWatch.wait` sleeps and the caller keeps looking, as with :class:`JobListener`.
+    """
+
+    LISTEN_TIMEOUT = 2.0  # seconds a watch waits for its LISTEN before it falls back to looking
+
+    def __init__(self, url: str) -> None:
+        self._url = sa.make_url(url)
+        self._lock = threading.Lock()
+        self._watches: dict[str, list[JobWatch]] = {}
+        self._listened: set[str] = set()  # channels LISTENed on the current connection
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    @property
+    def notifies(self) -> bool:
+        return self._url.get_backend_name() == "postgresql"
+
+    @contextmanager
+    def watch(self, job_id: uuid.UUID) -> Iterator[JobWatch]:
+        """A :class:`JobWatch` for ``job_id``, listening (when it can) by the time it is yielded."""
+        watch = JobWatch(job_channel(job_id))
+        if self.notifies and not self._closed:
+            with self._lock:
+                self._watches.setdefault(watch.channel, []).append(watch)
+                if watch.channel in self._listened:
+                    watch.listening.set()
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="fusionq-notices", daemon=True)
+                    self._thread.start()
+            if not watch.listening.is_set():
+                self._wake()
+                watch.listening.wait(self.LISTEN_TIMEOUT)
+        try:
+            yield watch
+        finally:
+            with self._lock:
+                left = self._watches.get(watch.channel, [])
+                if watch in left:
+                    left.remove(watch)
+                if not left:
+                    self._watches.pop(watch.channel, None)
+            self._wake()  # the channel's UNLISTEN goes with the thread's next commands
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):  # the pipe is full (a wake is pending anyway) or closed
+            pass
+
+    def _run(self) -> None:
+        import psycopg
+
+        connection = None
+        while not self._closed:
+            try:
+                if connection is None:
+                    conninfo = self._url.set(drivername="postgresql").render_as_string(hide_password=False)
+                    connection = psycopg.connect(conninfo, autocommit=True, connect_timeout=5)
+                    self._listened.clear()
+                self._sync_channels(connection)
+                for note in connection.notifies(timeout=0):  # what arrived, including during the commands
+                    self._deliver(note.channel, note.payload)
+                select.select([connection.fileno(), self._wake_r], [], [], 1.0)
+                try:
+                    while os.read(self._wake_r, 512):
+                        pass
+                except BlockingIOError:
+                    pass
+            except (psycopg.Error, OSError) as exc:
+                log.warning("job-notice listener lost (%s); request threads poll until it is back", exc)
+                with self._lock:
+                    self._listened.clear()
+                    for watches in self._watches.values():
+                        for watch in watches:
+                            watch.listening.clear()
+                if connection is not None:
+                    connection.close()
+                    connection = None
+                time.sleep(1.0)
+        if connection is not None:
+            connection.close()
+
+    def _sync_channels(self, connection) -> None:
+        """LISTEN to every watched channel and UNLISTEN the rest, in one round trip. Under the lock, so
+        that a watch registering meanwhile sees which channels are really listened to."""
+        with self._lock:
+            add, drop = set(self._watches) - self._listened, self._listened - set(self._watches)
+            if not add and not drop:
+                return
+            connection.execute("; ".join([f'UNLISTEN "{c}"' for c in sorted(drop)]
+                                         + [f'LISTEN "{c}"' for c in sorted(add)]))
+            self._listened = (self._listened | add) - drop
+            for channel in add:
+                for watch in self._watches[channel]:
+                    watch.listening.set()
+
+    def _deliver(self, channel: str, payload: str) -> None:
+        with self._lock:
+            watches = list(self._watches.get(channel, []))
+        for watch in watches:
+            watch.deliver(payload)

@@ -161,6 +161,72 @@ def test_a_client_subscribes_at_submit_and_its_wait_reads_the_notice_not_the_job
         assert told.finished and told == progress(client, job_id)  # ... the same as a look would give
 
 
+def test_a_notice_hub_tells_each_of_many_threads_its_own_job(pg_settings):
+    import threading
+
+    from shared.db.notify import NoticeHub
+
+    url = pg_settings.effective_database_url
+    jobs = [_submit(pg_settings, [f"text {i}"], classifier=False) for i in range(12)]
+    hub = NoticeHub(url)
+    told, ready = {}, threading.Barrier(len(jobs) + 1)
+
+    def waiter(job_id):
+        with hub.watch(job_id) as watch:
+            assert watch.listening.is_set()  # LISTEN is in force before the caller's first look
+            ready.wait(10)
+            told[job_id] = watch.wait(10)
+
+    threads = [threading.Thread(target=waiter, args=(job_id,)) for job_id, _ in jobs]
+    try:
+        for thread in threads:
+            thread.start()
+        ready.wait(10)
+        assert len(hub._listened) == len(jobs)
+        for job_id, (item_id,) in reversed(jobs):
+            _finish(url, job_id, item_id)
+        for thread in threads:
+            thread.join(15)
+        # each thread got its own job's notice, which carries that job's finished progress
+        assert set(told) == {job_id for job_id, _ in jobs}
+        assert all(str(job_id) in told[job_id] and "completed" in told[job_id] for job_id in told), told
+        # the channels of finished watches are dropped with the hub thread's next commands
+        with hub.watch(uuid.uuid4()) as watch:
+            assert watch.listening.is_set() and len(hub._listened) == 1
+            assert watch.wait(0.2) is None  # nobody finished that job
+    finally:
+        hub.close()
+    assert not hub._thread.is_alive()
+
+
+def test_a_notice_hub_without_postgres_or_with_a_dead_one_leaves_the_caller_polling(sqlite_settings, pg_settings):
+    from shared.db.notify import NoticeHub
+
+    hub = NoticeHub(sqlite_settings.effective_database_url)
+    with hub.watch(uuid.uuid4()) as watch:
+        assert not watch.listening.is_set() and hub._thread is None
+    hub.close()
+    dead = sa.make_url(pg_settings.effective_database_url).set(port=1)  # nothing listens on port 1
+    hub = NoticeHub(dead.render_as_string(hide_password=False))
+    hub.LISTEN_TIMEOUT = 0.5
+    try:
+        with hub.watch(uuid.uuid4()) as watch:
+            assert not watch.listening.is_set()  # the caller then polls the job row
+    finally:
+        hub.close()
+
+
+def test_a_server_client_does_not_subscribe_at_submit(pg_settings, tiny_bert_path):
+    from shared.client import FusionqClient
+    from workers.dispatch import dispatcher_for
+
+    train_topics(pg_settings, tiny_bert_path)
+    with FusionqClient(pg_settings, dispatcher_factory=dispatcher_for, listen_on_submit=False) as client:
+        job_id = client.submit(["a text about markets"], "topics")
+        assert not client._listener.subscribed(job_id) and client._listener._connection is None
+        assert client.wait(job_id, timeout=60).finished  # wait still works: it subscribes before its look
+
+
 def _claim_plan(settings, job_id) -> str:
     """The plan Postgres picks for a claim's predicate (as ``claim_job_items`` writes it) on this job's first ids."""
     with session_for(settings.effective_database_url) as session:

@@ -1,5 +1,8 @@
 """End to end on real services: Redis broker, Postgres, separate `celery worker` processes."""
 
+import re
+import time
+
 import pytest
 import sqlalchemy as sa
 
@@ -56,3 +59,41 @@ def test_a_few_hundred_texts_each_get_exactly_one_prediction(production_settings
     assert accuracy > 0.9  # the real MiniLM through the whole system
     for proc in workers:
         assert proc.poll() is None, f"worker died: {proc.log_path.read_text()[-2000:]}"
+
+
+def test_the_http_api_on_postgres_answers_concurrent_classify_calls_told_not_polled(production_settings, workers):
+    """`fusionq serve` over Postgres and real workers: every request thread waits through the API's
+    notice hub (one LISTEN connection for all of them), and none is left subscribed afterwards."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+
+    from tests.test_api import Server
+
+    train_topics(production_settings, "sentence-transformers/all-MiniLM-L6-v2")
+    texts, labels = make_topic_texts(8, seed=5)  # 24 texts, one request each
+    env = {"FUSIONQ_DATABASE_URL": production_settings.database_url, "FUSIONQ_BROKER_URL": production_settings.broker_url,
+           "FUSIONQ_ARTIFACT_DIR": str(production_settings.artifact_dir), "HF_HUB_OFFLINE": "1"}
+    with Server(env) as server, ThreadPoolExecutor(8) as pool:
+        def classify(text):
+            return httpx.post(server.url + "/v1/classify", json={"texts": [text], "classifier": "topics",
+                                                                 "timeout_s": 60}, timeout=90)
+
+        answers = list(pool.map(classify, texts))
+        assert [a.status_code for a in answers] == [200] * len(texts), [a.text for a in answers if a.status_code != 200]
+        predicted = [a.json()["results"][0]["labels"] for a in answers]
+        assert sum(p == [label] for p, label in zip(predicted, labels)) >= 0.9 * len(texts)
+        # every request's channel is dropped once it is answered: the server's last LISTEN/UNLISTEN command
+        # (pg_stat_activity keeps each connection's last statement) subscribes to nothing any more
+        deadline = time.monotonic() + 10
+        while True:
+            with session_for(production_settings.effective_database_url) as session:
+                last = session.execute(sa.text(
+                    "SELECT query FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND query ~ '(^|; )(UN)?LISTEN \"fusionq_job_'")).scalars().all()
+            if (any(q.startswith("UNLISTEN") for q in last) and not any(re.search(r'(^|; )LISTEN "', q) for q in last)
+                    or time.monotonic() > deadline):
+                break
+            time.sleep(0.2)
+        assert any(q.startswith("UNLISTEN") for q in last), last  # the hub listened, then let go
+        assert not any(re.search(r'(^|; )LISTEN "', q) for q in last), last  # nobody still subscribed
