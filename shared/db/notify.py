@@ -261,7 +261,8 @@ class NoticeHub:
                 if connection is None:
                     conninfo = self._url.set(drivername="postgresql").render_as_string(hide_password=False)
                     connection = psycopg.connect(conninfo, autocommit=True, connect_timeout=5)
-                    self._listened.clear()
+                    with self._lock:
+                        self._listened.clear()
                 self._sync_channels(connection)
                 for note in connection.notifies(timeout=0):  # what arrived, including during the commands
                     self._deliver(note.channel, note.payload)
