@@ -6,7 +6,7 @@ by ``POST /v1/jobs`` with 1, 8 and 32 concurrent callers.
 Real Redis and Postgres on 127.0.0.1 (a scratch database, Redis DB 12), `embed` and `fusion`
 worker processes as the README starts them, `fusionq serve` in its own process, callers on
 loopback (httpx). The one-text figures alternate client and HTTP jobs so drift hits both alike;
-``POST /v1/classify`` waits by polling the job row, the client by LISTEN/NOTIFY.
+both are told the job finished by LISTEN/NOTIFY (``POST /v1/classify`` through the API's NoticeHub).
 """
 
 from __future__ import annotations
