@@ -37,7 +37,7 @@ from shared.fusion.config import AutoFusionConfig, llm_tier
 from shared.fusion.escalation import calibrate_escalation
 from shared.fusion.llm_signals import LLMUsage, gather_llm_signals
 from shared.fusion.predict import Decision
-from shared.fusion.search import EncodeOptions, block_sets, choose, layer_features, stack
+from shared.fusion.search import EncodeOptions, block_sets, choose, layer_features, split_validation, stack
 from shared.fusion.self_training import self_train
 from shared.fusion.training import (
     Candidate, Signals, TrainedFusion, encode_targets, split_train_validation, train_fusion,
@@ -161,8 +161,10 @@ class AutoFusionClassifier:
         if config.finetune is not None:
             if self._workdir is None:
                 self._workdir = tempfile.TemporaryDirectory(prefix="fusionq-backbones-")
+            # its best epoch is a choice too: made on the rows the search will see, never the calibration ones
+            sel, _ = split_validation(y_val, config.training)
             specs, report["finetune"] = finetune_all(
-                specs, texts, y, val_texts, y_val, n_classes=len(labels), multi_label=multi_label,
+                specs, texts, y, [val_texts[i] for i in sel], y_val[sel], n_classes=len(labels), multi_label=multi_label,
                 config=config.finetune, out_dir=Path(self._workdir.name), device=self.settings.device,
                 show_progress=self.show_progress)
         timer = time.perf_counter()

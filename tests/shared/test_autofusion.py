@@ -133,6 +133,28 @@ def test_fit_with_a_tiny_llm_uses_the_cache_and_serves_every_mode(sqlite_setting
     assert np.allclose(auto.decision.probabilities[~escalated], fast.decision.probabilities[~escalated])
 
 
+def test_fine_tuning_picks_its_epoch_on_the_selection_rows_only(sqlite_settings, tiny_bert_path, monkeypatch):
+    import shared.service.autofusion as autofusion
+
+    seen = []
+    real = autofusion.finetune_all
+    monkeypatch.setattr(autofusion, "finetune_all",
+                        lambda specs, texts, y, val_texts, y_val, **kw: seen.append(list(val_texts))
+                        or real(specs, texts, y, val_texts, y_val, **kw))
+    dev_texts, dev_labels = topics(70, seed=3)  # 210 rows: split in two halves
+    clf = AutoFusionClassifier(encoders=tiny_bert_path, layers=-1, finetune=FinetuneConfig(epochs=1, batch_size=16),
+                               settings=sqlite_settings, training=FAST).fit(topics(10), (dev_texts, dev_labels))
+    report = clf.report_
+    assert len(seen[0]) == report["n_selection"] < len(dev_texts) and report["n_calibration"] > 0
+    # exactly the search's half: the calibration half, which sets the temperature and the reported
+    # figure, had no say in the epoch
+    from shared.fusion.search import split_validation
+
+    y_val = np.array([clf.artifact_.labels.index(label) for label in dev_labels])
+    selection, calibration = split_validation(y_val, FAST)
+    assert seen[0] == [dev_texts[i] for i in selection] and len(calibration) == report["n_calibration"]
+
+
 def test_full_fine_tuning_bundles_the_backbone_in_the_artifact(sqlite_settings, tiny_bert_path, tmp_path):
     clf = AutoFusionClassifier(encoders=tiny_bert_path, layers=-1, finetune=FinetuneConfig(epochs=1, batch_size=8),
                                settings=sqlite_settings, training=FAST).fit(topics(10))
