@@ -190,7 +190,7 @@ class NoticeHub:
     LISTEN/UNLISTEN commands that :meth:`watch` asks for, and hands each notice to the threads
     watching that job. A watcher looks at the job after its LISTEN is in force and before it
     waits, so a completion cannot fall between the two. Without Postgres, or while the connection
-    is lost, :meth:`JobWatch.wait` sleeps and the caller keeps looking, as with :class:`JobListener`.
+    is lost, :attr:`JobWatch.listening` is not set and the caller polls the job instead.
     """
 
     LISTEN_TIMEOUT = 2.0  # seconds a watch waits for its LISTEN before it falls back to looking
@@ -202,6 +202,7 @@ class NoticeHub:
         self._listened: set[str] = set()  # channels LISTENed on the current connection
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)  # a full pipe means a wake is pending: never block a request on it
         self._thread: threading.Thread | None = None
         self._closed = False
 
@@ -247,9 +248,11 @@ class NoticeHub:
                 pass
 
     def _wake(self) -> None:
+        if self._thread is None:  # nobody reads the pipe (no Postgres, or no watch yet)
+            return
         try:
             os.write(self._wake_w, b"x")
-        except (BlockingIOError, OSError):  # the pipe is full (a wake is pending anyway) or closed
+        except OSError:  # the pipe is full (a wake is pending anyway) or closed
             pass
 
     def _run(self) -> None:
