@@ -6,9 +6,12 @@ and bitsandbytes). Either way the best epoch on validation is kept, adapters are
 16/32-bit copy of the base, and the result is saved as a plain Hugging Face model directory: the
 fine-tuned backbone then serves as an ordinary encoder whose features feed the fusion network.
 
-Training never runs in the spec's precision: trainable weights are fp32 (under bf16 autocast on CUDA),
-and the tuned spec keeps the precision its features are made in. So an ``int8`` spec fine-tunes in
-fp32, and its features come from the saved fp32 directory exported to int8 (ONNX Runtime).
+Trainable weights are always fp32; the arithmetic runs under bf16 autocast on CUDA and on a CPU
+whose spec resolves to bf16 (``auto`` on AMX/AVX512-BF16 CPUs where bf16 measured faster: ~1.7x
+per step here), in fp32 otherwise. The tuned spec keeps the precision its features are made in, so
+an ``int8`` spec fine-tunes in fp32 and its features come from the saved fp32 directory exported
+to int8 (ONNX Runtime). Batches group texts of similar length (half the padded tokens of random
+batches on the shared data sets).
 """
 
 from __future__ import annotations
@@ -23,8 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.encoders.batching import length_grouped_batches
 from shared.encoders.hf import PAD_TO_MULTIPLE_OF, load_tokenizer, pick_device, pool, resolve_model_path
 from shared.encoders.onnx_int8 import require_onnxruntime
+from shared.encoders.precision import resolve_precision
 from shared.encoders.spec import EncoderSpec
 from shared.errors import ConfigError, EncoderError
 from shared.metrics import score_logits
@@ -64,6 +69,7 @@ class FinetuneResult:
     history: list[dict] = field(default_factory=list)
     best_epoch: int = 0
     seconds: float = 0.0
+    train_precision: str = "fp32"  # the autocast dtype of the training arithmetic (weights stay fp32)
 
 
 def check_4bit_available(device) -> None:
@@ -94,7 +100,8 @@ def finetune_backbone(
 ) -> FinetuneResult:
     """Train ``spec``'s model + a linear head on the pooled last layer; save the best backbone in ``out_dir``.
 
-    Trains in fp32 whatever ``spec.precision`` is; the returned spec keeps that precision (module docstring).
+    Weights train in fp32 (bf16 autocast where :func:`training_autocast_dtype` says); the returned spec
+    keeps ``spec.precision`` (module docstring).
     """
     import torch
 
@@ -121,22 +128,25 @@ def finetune_backbone(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimiser, lambda s: min((s + 1) / warmup, max(0.0, (steps - s) / max(1, steps - warmup))))
     y = torch.from_numpy(targets)
-    generator = torch.Generator().manual_seed(config.seed)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if torch_device.type == "cuda" else _no_autocast()
+    rng = np.random.default_rng(config.seed)
+    lengths = [len(i) for i in ids]
+    train_precision = training_autocast_dtype(spec, torch_device)
+    autocast = (torch.autocast(torch_device.type, dtype=torch.bfloat16) if train_precision == Precision.BF16
+                else _no_autocast())
 
     def forward(batch_ids):
         padded = tokenizer.pad({"input_ids": batch_ids}, return_tensors="pt", pad_to_multiple_of=PAD_TO_MULTIPLE_OF)
         mask = padded["attention_mask"].to(torch_device)
         with autocast:
             out = backbone(input_ids=padded["input_ids"].to(torch_device), attention_mask=mask)
-            return head(pool(out.last_hidden_state, mask, spec.pooling).float())
+            return head(pool(out.last_hidden_state, mask, spec.pooling).float()).float()
 
     history, best = [], (-1.0, 0, None)
     for epoch in range(1, config.epochs + 1):
         backbone.train()
         head.train()
         losses = []
-        for batch in torch.randperm(len(ids), generator=generator).split(config.batch_size):
+        for batch in map(torch.tensor, length_grouped_batches(lengths, batch_size=config.batch_size, rng=rng)):
             logits = forward([ids[i] for i in batch])
             target = y[batch].to(torch_device)
             loss = (torch.nn.functional.binary_cross_entropy_with_logits(logits, target) if multi_label
@@ -160,7 +170,19 @@ def finetune_backbone(
     tuned = dataclasses.replace(spec, model=str(out_dir), extra={**spec.extra, "bundled": True,
                                                                    "finetuned_from": spec.model,
                                                                    "finetune": dataclasses.asdict(config)})
-    return FinetuneResult(spec=tuned, history=history, best_epoch=best[1], seconds=time.perf_counter() - started)
+    return FinetuneResult(spec=tuned, history=history, best_epoch=best[1], seconds=time.perf_counter() - started,
+                          train_precision=train_precision.value)
+
+
+def training_autocast_dtype(spec: EncoderSpec, device) -> Precision:
+    """bf16 on CUDA and where ``spec``'s precision resolves to bf16 on this CPU (the hardware does bf16
+    natively and measured faster); fp32 otherwise (fp32 and int8 specs, CPUs without bf16)."""
+    if device.type == "cuda":
+        return Precision.BF16
+    precision = Precision(spec.precision)
+    if precision == Precision.AUTO:
+        precision = resolve_precision(precision, device)
+    return Precision.BF16 if precision == Precision.BF16 else Precision.FP32
 
 
 class _no_autocast:

@@ -25,5 +25,6 @@ def finetune_all(specs: list[EncoderSpec], texts: list[str], y: np.ndarray, val_
                                        on_step=bar.update)
         tuned.append(replace(result.spec, layers=spec.layers))
         rows.append({"model": spec.model, "method": config.method, "history": result.history,
-                     "best_epoch": result.best_epoch, "seconds": round(result.seconds, 2)})
+                     "best_epoch": result.best_epoch, "seconds": round(result.seconds, 2),
+                     "train_precision": result.train_precision})
     return tuned, rows

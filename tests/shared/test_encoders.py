@@ -110,6 +110,21 @@ def test_precision_follows_the_hardware(monkeypatch):
     assert precision.resolve_precision("auto", cpu) == "fp32"  # the flags say yes, the measured check says no
 
 
+def test_fine_tuning_arithmetic_follows_the_specs_precision(monkeypatch):
+    from shared.encoders import precision
+    from shared.encoders.finetune import training_autocast_dtype
+
+    cpu = torch.device("cpu")
+    assert training_autocast_dtype(EncoderSpec(model="m", precision="bf16"), cpu) == "bf16"
+    assert training_autocast_dtype(EncoderSpec(model="m", precision="fp32"), cpu) == "fp32"
+    assert training_autocast_dtype(EncoderSpec(model="m", precision="bf16"), torch.device("cuda")) == "bf16"
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx2"}))
+    assert training_autocast_dtype(EncoderSpec(model="m", precision="auto"), cpu) == "fp32"  # no native bf16
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
+    monkeypatch.setattr(precision, "bf16_speedup_on_cpu", lambda: 2.0)
+    assert training_autocast_dtype(EncoderSpec(model="m", precision="auto"), cpu) == "bf16"
+
+
 def test_the_measured_check_and_the_cpu_description_are_real():
     from shared.encoders.precision import bf16_speedup_on_cpu, cpu_description
 
