@@ -185,8 +185,9 @@ def main() -> int:
     parser.add_argument("--datasets", default=",".join(DATASETS))
     parser.add_argument("--encoder", default="sentence-transformers/all-MiniLM-L6-v2")
     parser.add_argument("--variants", default="frozen,finetuned",
-                        help="frozen, finetuned and/or selftrained (AG News 4k only: the other AG News training "
-                             "texts, labels dropped, as --unlabeled)")
+                        help="frozen, finetuned, selftrained and/or selftrained-finetuned (the last two AG News 4k "
+                             "only: the other AG News training texts, labels dropped, as --unlabeled; the last "
+                             "fine-tunes the backbone again on the pseudo-labels)")
     parser.add_argument("--finetune-epochs", type=int, default=4)
     parser.add_argument("--finetune-lr", type=float, default=1e-4)
     parser.add_argument("--max-length", type=int, default=256)
@@ -222,18 +223,24 @@ def main() -> int:
         print(f"{name}: {len(train.texts)} train / {len(dev.texts)} validation / {len(test.texts)} test", flush=True)
         entry = results.get(name, {})
         entry["sizes"] = {"train": len(train.texts), "validation": len(dev.texts), "test": len(test.texts)}
-        if "frozen" in args.variants:
+        if "frozen" in args.variants.split(","):
             clf, entry["frozen"] = fit_and_test(f"{name} frozen", train, dev, test, encoder=encoder,
                                                 settings=settings, training=training)
             entry["frozen"]["table"] = layer_table(clf, train, dev, test, settings=settings, training=training)
-        if "selftrained" in args.variants and per_class:
+        variants = args.variants.split(",")
+        ft = FinetuneConfig(method="full", epochs=args.finetune_epochs, learning_rate=args.finetune_lr)
+        if per_class and ("selftrained" in variants or "selftrained-finetuned" in variants):
             full = read_labelled(data_dir / train_file)
             rest = np.setdiff1d(np.arange(len(full.texts)), balanced_indices(full, per_class))
-            _, entry["selftrained"] = fit_and_test(f"{name} self-trained", train, dev, test, encoder=encoder,
-                                                   settings=settings, training=training,
-                                                   unlabeled=[full.texts[i] for i in rest])
-        if "finetuned" in args.variants:
-            ft = FinetuneConfig(method="full", epochs=args.finetune_epochs, learning_rate=args.finetune_lr)
+            unlabeled = [full.texts[i] for i in rest]
+            if "selftrained" in variants:
+                _, entry["selftrained"] = fit_and_test(f"{name} self-trained", train, dev, test, encoder=encoder,
+                                                       settings=settings, training=training, unlabeled=unlabeled)
+            if "selftrained-finetuned" in variants:
+                _, entry["selftrained_finetuned"] = fit_and_test(
+                    f"{name} self-trained, fine-tuned", train, dev, test, encoder=encoder, settings=settings,
+                    finetune=ft, training=training, unlabeled=unlabeled)
+        if "finetuned" in variants:
             _, entry["finetuned"] = fit_and_test(f"{name} fine-tuned", train, dev, test, encoder=encoder,
                                                  settings=settings, finetune=ft, training=training)
         results[name] = entry

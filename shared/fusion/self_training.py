@@ -6,6 +6,11 @@ chosen network is fitted again on the labelled and the pseudo-labelled rows toge
 fewer pseudo-labels than an easy one. The refit keeps the winner's architecture, stops early on
 the selection rows and is calibrated on the calibration rows like the first fit; it replaces the
 first fit only when its selection score is at least as good.
+
+With a fine-tuned backbone the round goes further (``AutoFusionClassifier.fit``): the backbone is
+fine-tuned again from its base on the labelled and the pseudo-labelled texts together ("noisy
+student": the pseudo-labels come from the first tuned backbone and its calibrated network), and
+the layer and fusion search runs again on the new backbone; the same rule decides which is kept.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ DEFAULT_TARGET_ACCURACY = 0.95
 
 @dataclass(frozen=True)
 class PseudoLabels:
+    index: np.ndarray  # rows of the unlabelled set that were kept
     features: np.ndarray
     targets: np.ndarray  # class indices [N], or a 0/1 matrix [N, C] when multi-label
     threshold: float
@@ -50,7 +56,7 @@ def pseudo_label(trained: TrainedFusion, unlabeled: np.ndarray, calibration: tup
     keep = np.flatnonzero(mine.confidence >= cut)
     targets = (mine.label_matrix[keep].astype(np.float32) if trained.multi_label
                else mine.label_matrix[keep].argmax(1).astype(np.int64))
-    return PseudoLabels(features=unlabeled[keep], targets=targets, threshold=float(cut), offered=len(unlabeled))
+    return PseudoLabels(index=keep, features=unlabeled[keep], targets=targets, threshold=float(cut), offered=len(unlabeled))
 
 
 def self_train(trained: TrainedFusion, candidate: Candidate, train: tuple[np.ndarray, np.ndarray],
@@ -66,10 +72,14 @@ def self_train(trained: TrainedFusion, candidate: Candidate, train: tuple[np.nda
                          members=config.ensemble)
     before = max(c["val_score"] for c in trained.candidates if _same(c, candidate))
     after = refit.candidates[0]["val_score"]
-    report = {"offered": pseudo.offered, "pseudo_labelled": len(pseudo.targets),
-              "confidence_cut": round(pseudo.threshold, 5), "target_accuracy": target_accuracy,
-              "selection_score_before": before, "selection_score_after": after, "kept": after >= before}
-    return (refit if after >= before else trained), report
+    return (refit if after >= before else trained), outcome(pseudo, target_accuracy, before, after)
+
+
+def outcome(pseudo: PseudoLabels, target_accuracy: float, before: float, after: float) -> dict:
+    """The report of a self-training round; the refit is kept when its selection score is not lower."""
+    return {"offered": pseudo.offered, "pseudo_labelled": len(pseudo.targets),
+            "confidence_cut": round(pseudo.threshold, 5), "target_accuracy": target_accuracy,
+            "selection_score_before": before, "selection_score_after": after, "kept": after >= before}
 
 
 def _same(row: dict, candidate: Candidate) -> bool:

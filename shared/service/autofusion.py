@@ -38,7 +38,8 @@ from shared.fusion.escalation import calibrate_escalation
 from shared.fusion.llm_signals import LLMUsage, gather_llm_signals
 from shared.fusion.predict import Decision
 from shared.fusion.search import EncodeOptions, block_sets, choose, layer_features, split_validation, stack
-from shared.fusion.self_training import self_train
+from shared.fusion.self_training import DEFAULT_TARGET_ACCURACY, pseudo_label, self_train
+from shared.fusion.self_training import outcome as self_training_outcome
 from shared.fusion.training import (
     Candidate, Signals, TrainedFusion, encode_targets, split_train_validation, train_fusion,
 )
@@ -149,49 +150,20 @@ class AutoFusionClassifier:
     def fit(self, train, dev=None, unlabeled: Sequence[str] | None = None) -> "AutoFusionClassifier":
         """Fit on ``train`` (validation: ``dev``, or a stratified split). ``unlabeled``: texts without
         labels for one round of self-training (:mod:`shared.fusion.self_training`; encoder-only
-        classifiers)."""
+        classifiers; with ``finetune`` the backbones are tuned again on the pseudo-labels)."""
         config = self.config
         started = time.perf_counter()
         labels, multi_label, texts, y, val_texts, y_val, report = self._prepare(train, dev)
-        auto = config.layers == "auto"
         if unlabeled is not None:
             self._check_unlabeled(unlabeled)
 
         specs = [self._base_spec(e) for e in config.encoders]
-        if config.finetune is not None:
-            if self._workdir is None:
-                self._workdir = tempfile.TemporaryDirectory(prefix="fusionq-backbones-")
-            # its best epoch is a choice too: made on the rows the search will see, never the calibration ones
-            sel, _ = split_validation(y_val, config.training)
-            specs, report["finetune"] = finetune_all(
-                specs, texts, y, [val_texts[i] for i in sel], y_val[sel], n_classes=len(labels), multi_label=multi_label,
-                config=config.finetune, out_dir=Path(self._workdir.name), device=self.settings.device,
-                show_progress=self.show_progress)
-        timer = time.perf_counter()
-        features = [layer_features(spec, texts, val_texts, all_layers=auto, options=self._encode_options())
-                    for spec in specs]
-        report["seconds_encode"] = round(time.perf_counter() - timer, 2)
-
-        timer = time.perf_counter()
-        choice = choose(features, y, y_val, labels=labels, multi_label=multi_label, auto=auto, names=self._names(),
-                        fusion=config.fusion, width=config.width, training=config.training,
-                        show_progress=self.show_progress)
-        trained, blocks, report["candidates"] = choice.trained, choice.blocks, choice.rows
-        if choice.layer_report:
-            report["layers"] = choice.layer_report
-        sel, cal = choice.selection_rows, choice.calibration_rows
-        report["n_selection"], report["n_calibration"] = len(sel), len(cal)
-        final_specs = [replace(spec, layers=tuple(l for i, l in blocks if i == k)) for k, spec in enumerate(specs)]
-        train_x, block_dims = stack(features, blocks, 0)  # the winner's features, for an LLM-aware refit
-        val_x, _ = stack(features, blocks, 1)
-        chosen = next(c for c in report["candidates"] if c["chosen"])
-        report["chosen"] = {"layers": {s.model: list(s.layers) for s in final_specs}, "candidate": chosen["name"],
-                            "val_score": chosen["val_score"]}
-        report["seconds_select"] = round(time.perf_counter() - timer, 2)
+        fitted = self._fit_encoder_network(specs, texts, y, val_texts, y_val, labels, multi_label, report)
+        trained, final_specs, candidate = fitted.trained, fitted.specs, fitted.candidate
+        train_x, val_x, block_dims, sel, cal = fitted.train_x, fitted.val_x, fitted.block_dims, fitted.sel, fitted.cal
 
         sources = config.sources
         llm_specs = {source: self._llm_spec(source) for source in sources}
-        candidate = Candidate(chosen["operator"], chosen["width"], chosen["hidden"])
         if sources:
             trained, usage, val_signals, report["llm"] = self._refit_with_llms(
                 candidate, llm_specs, texts, val_texts, labels, multi_label, (train_x, y), (val_x, y_val),
@@ -200,7 +172,11 @@ class AutoFusionClassifier:
             usage, val_signals = None, Signals(val_x)
             report["llm"] = None
             log.info("no LLM configured: the classifier is encoder-only (fast mode)")
-            if unlabeled:
+            if unlabeled and config.finetune is not None:
+                fitted, report["self_training"] = self._self_train_backbones(
+                    fitted, specs, texts, y, val_texts, y_val, labels, multi_label, list(unlabeled), report)
+                trained, final_specs, val_signals = fitted.trained, fitted.specs, Signals(fitted.val_x)
+            elif unlabeled:
                 trained, report["self_training"] = self._self_train(
                     trained, candidate, final_specs, list(unlabeled), (train_x, y), (val_x, y_val), block_dims, sel, cal)
 
@@ -219,6 +195,75 @@ class AutoFusionClassifier:
         self.artifact_.metrics = {"validation": trained.validation, "fit": report}
         self.report_ = report
         return self
+
+    def _fit_encoder_network(self, specs: list[EncoderSpec], texts: list[str], y: np.ndarray, val_texts: list[str],
+                             y_val: np.ndarray, labels: list[str], multi_label: bool, report: dict, *,
+                             round_name: str = "first") -> "_FittedNetwork":
+        """Fine-tune the backbones (if configured), encode, and choose layers and fusion on the selection
+        rows; fills ``report`` (finetune, candidates, layers, chosen, timings)."""
+        config = self.config
+        auto = config.layers == "auto"
+        if config.finetune is not None:
+            if self._workdir is None:
+                self._workdir = tempfile.TemporaryDirectory(prefix="fusionq-backbones-")
+            # its best epoch is a choice too: made on the rows the search will see, never the calibration ones
+            sel, _ = split_validation(y_val, config.training)
+            specs, report["finetune"] = finetune_all(
+                specs, texts, y, [val_texts[i] for i in sel], y_val[sel], n_classes=len(labels), multi_label=multi_label,
+                config=config.finetune, out_dir=Path(self._workdir.name) / round_name, device=self.settings.device,
+                show_progress=self.show_progress)
+        timer = time.perf_counter()
+        features = [layer_features(spec, texts, val_texts, all_layers=auto, options=self._encode_options())
+                    for spec in specs]
+        report["seconds_encode"] = round(time.perf_counter() - timer, 2)
+
+        timer = time.perf_counter()
+        choice = choose(features, y, y_val, labels=labels, multi_label=multi_label, auto=auto, names=self._names(),
+                        fusion=config.fusion, width=config.width, training=config.training,
+                        show_progress=self.show_progress)
+        blocks, report["candidates"] = choice.blocks, choice.rows
+        if choice.layer_report:
+            report["layers"] = choice.layer_report
+        sel, cal = choice.selection_rows, choice.calibration_rows
+        report["n_selection"], report["n_calibration"] = len(sel), len(cal)
+        final_specs = [replace(spec, layers=tuple(l for i, l in blocks if i == k)) for k, spec in enumerate(specs)]
+        train_x, block_dims = stack(features, blocks, 0)  # the winner's features, for an LLM-aware refit
+        val_x, _ = stack(features, blocks, 1)
+        chosen = next(c for c in report["candidates"] if c["chosen"])
+        report["chosen"] = {"layers": {s.model: list(s.layers) for s in final_specs}, "candidate": chosen["name"],
+                            "val_score": chosen["val_score"]}
+        report["seconds_select"] = round(time.perf_counter() - timer, 2)
+        return _FittedNetwork(trained=choice.trained, specs=final_specs, candidate=Candidate(
+            chosen["operator"], chosen["width"], chosen["hidden"]), val_score=chosen["val_score"], train_x=train_x,
+            val_x=val_x, block_dims=block_dims, sel=sel, cal=cal)
+
+    def _self_train_backbones(self, first: "_FittedNetwork", base_specs: list[EncoderSpec], texts: list[str],
+                              y: np.ndarray, val_texts: list[str], y_val: np.ndarray, labels: list[str],
+                              multi_label: bool, unlabeled: list[str], report: dict) -> tuple["_FittedNetwork", dict]:
+        """Self-training with fine-tuning (module docstring of :mod:`shared.fusion.self_training`): the
+        first tuned classifier pseudo-labels ``unlabeled``, the base backbones are tuned again on both,
+        and the search runs again. The better round by selection score is kept (and its parts of
+        ``report``); returns (that round, the self-training report)."""
+        timer = time.perf_counter()
+        unlabeled_x = self._encode(first.specs, unlabeled, desc="encode unlabeled")
+        pseudo = pseudo_label(first.trained, unlabeled_x, (first.val_x[first.cal], y_val[first.cal]))
+        log.info("self-training: %d of %d unlabelled texts pseudo-labelled; fine-tuning again on them",
+                 len(pseudo.index), len(unlabeled))
+        second_report: dict = {}
+        second = self._fit_encoder_network(
+            base_specs, texts + [unlabeled[i] for i in pseudo.index], np.concatenate([y, pseudo.targets]),
+            val_texts, y_val, labels, multi_label, second_report, round_name="second")
+        st = self_training_outcome(pseudo, DEFAULT_TARGET_ACCURACY, first.val_score, second.val_score)
+        keys = ("finetune", "chosen", "seconds_encode", "seconds_select")
+        st["backbones"] = "fine-tuned again on the labelled and pseudo-labelled texts"
+        st["first_round" if st["kept"] else "second_round"] = {
+            k: (report if st["kept"] else second_report).get(k) for k in keys}
+        if st["kept"]:
+            report.update(second_report)
+        st["seconds"] = round(time.perf_counter() - timer, 2)
+        log.info("self-training: second round %s (selection score %.4f -> %.4f)",
+                 "kept" if st["kept"] else "not kept", first.val_score, second.val_score)
+        return (second if st["kept"] else first), st
 
     def _refit_with_llms(self, candidate: Candidate, llm_specs: dict[str, LLMSpec], texts: list[str],
                          val_texts: list[str], labels: list[str], multi_label: bool, train: tuple, val: tuple,
@@ -393,6 +438,21 @@ class AutoFusionClassifier:
         settings = settings or get_settings()
         uri, sha = registered_artifact(settings, ref)
         return cls.load(uri, settings=settings, expected_sha256=sha)
+
+
+@dataclass(frozen=True)
+class _FittedNetwork:
+    """One round of fit: the chosen, calibrated network, its encoder specs and the winner's features."""
+
+    trained: TrainedFusion
+    specs: list[EncoderSpec]
+    candidate: Candidate
+    val_score: float
+    train_x: np.ndarray
+    val_x: np.ndarray
+    block_dims: tuple[int, ...]
+    sel: np.ndarray
+    cal: np.ndarray
 
 
 def _merge(base: Decision, update: Decision, rows: np.ndarray) -> Decision:

@@ -170,6 +170,30 @@ def test_full_fine_tuning_bundles_the_backbone_in_the_artifact(sqlite_settings, 
     assert not np.allclose(encode_features([base], texts), clf.features(texts))
 
 
+def test_self_training_with_fine_tuning_tunes_the_backbone_again_on_the_pseudo_labels(
+        sqlite_settings, tiny_bert_path, monkeypatch):
+    import shared.service.autofusion as autofusion
+
+    sizes, real = [], autofusion.finetune_all
+    monkeypatch.setattr(autofusion, "finetune_all",
+                        lambda specs, texts, y, *a, **kw: sizes.append((len(texts), len(y), kw["out_dir"].name))
+                        or real(specs, texts, y, *a, **kw))
+    unlabeled = topics(12, seed=5)[0]
+    clf = AutoFusionClassifier(encoders=tiny_bert_path, layers=-1, finetune=FinetuneConfig(epochs=1, batch_size=8),
+                               settings=sqlite_settings, training=FAST).fit(topics(10), unlabeled=unlabeled)
+    st = clf.report_["self_training"]
+    n_train = clf.report_["n_train"]
+    # round one on the labelled rows, round two from the base on labelled + pseudo-labelled rows
+    assert sizes == [(n_train, n_train, "first"), (n_train + st["pseudo_labelled"],) * 2 + ("second",)]
+    assert st["offered"] == len(unlabeled) and st["backbones"].startswith("fine-tuned again")
+    assert st["kept"] == (st["selection_score_after"] >= st["selection_score_before"])
+    kept_round = "second" if st["kept"] else "first"
+    assert f"/{kept_round}/" in clf.artifact_.encoders[0].model  # the served backbone is the kept round's
+    assert clf.report_["chosen"]["val_score"] == max(st["selection_score_after"], st["selection_score_before"])
+    assert ("first_round" if st["kept"] else "second_round") in st
+    assert clf.predict(unlabeled[:3])
+
+
 def test_lora_fine_tunes_a_decoder_and_4bit_needs_cuda(sqlite_settings, tiny_decoder_path):
     clf = AutoFusionClassifier(encoders=tiny_decoder_path, layers=-1, settings=sqlite_settings, training=FAST,
                                finetune=FinetuneConfig(method="lora", epochs=1, batch_size=8)).fit(topics(8))
