@@ -212,6 +212,12 @@ def test_train_with_unlabeled_texts_self_trains_and_refuses_a_bad_file(home, top
     report = json.loads(capsys.readouterr().out)["self_training"]
     assert report["offered"] == 30 and 0 <= report["pseudo_labelled"] <= 30
     assert report["kept"] == (report["selection_score_after"] >= report["selection_score_before"])
+    # with fine-tuning the backbone is tuned again on the pseudo-labels, and the summary says so
+    assert main(["train", "--data", str(train_csv), "--name", "stft", "--encoder", tiny_bert_path, "--layers", "-1",
+                 "--finetune", "full", "--epochs", "1", "--unlabeled", str(test_csv)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "self-training:" in x)
+    assert "unlabelled texts pseudo-labelled" in line and "backbone fine-tuned again on them" in line
+    assert "selection score" in line
     empty = write_csv(home / "unl.csv", ["text"], [["the striker scored"], ["   "]])
     assert main(["-q", "train", "--data", str(train_csv), "--name", "st", "--encoder", tiny_bert_path,
                  "--unlabeled", str(empty)]) == 2

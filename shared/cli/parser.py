@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--name", required=True, help="registry name; each training adds a version")
     train.add_argument("--dev", help="validation CSV (default: a stratified 15%% split of --data)")
     train.add_argument("--unlabeled", help="CSV of texts without labels (a text column; any label column is "
-                                           "ignored) for one round of self-training (encoder-only classifiers)")
+                                           "ignored) for one round of self-training (encoder-only classifiers; with "
+                                           "--finetune the backbone is fine-tuned again on the pseudo-labels)")
     train.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
     _add_encoder_options(train)
     _add_fusion_options(train)

@@ -54,7 +54,11 @@ class TrainingResult:
         if st:
             lines.append(f"  self-training: {st['pseudo_labelled']} of {st['offered']} unlabelled texts pseudo-labelled "
                          f"(confidence >= {st['confidence_cut']:.3f}); "
-                         + ("kept" if st["kept"] else "not kept: the selection score fell"))
+                         + ("backbone fine-tuned again on them, " if st.get("backbones") else "")
+                         + (f"kept (selection score {st['selection_score_before']:.4f} -> "
+                            f"{st['selection_score_after']:.4f})" if st["kept"]
+                            else f"not kept: the selection score fell ({st['selection_score_before']:.4f} -> "
+                                 f"{st['selection_score_after']:.4f})"))
         lines.append(f"  artifact: {row.artifact_uri}")
         return "\n".join(lines)
 
