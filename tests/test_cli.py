@@ -245,6 +245,8 @@ def test_train_with_an_ensemble_averages_that_many_networks_and_refuses_none(hom
     summary = capsys.readouterr().out
     assert "escalation: confidence under" in summary and "(target share 0.2)" in summary
     assert "one standard error)" in summary.split("escalation:")[1]
+    # too few validation rows to split: the promise is on all of them, and the summary says so
+    assert "on the validation rows" in summary and "unseen by the search" not in summary
     assert main(["-q", "train", "--data", str(train_csv), "--name", "ens", "--encoder", tiny_bert_path,
                  "--ensemble", "0"]) == 2
     assert "--ensemble 0: give at least 1 network" in capsys.readouterr().err

@@ -41,7 +41,7 @@ class TrainingResult:
         if esc and esc.get("validation_kept_accuracy") is not None:
             lines.append(f"  escalation: confidence under {esc['threshold']:.4f} goes to the LLM path (target "
                          f"{', '.join(f'{k} {t}' for k, t in esc['target'].items() if t is not None)}); on the "
-                         f"calibration rows {esc['validation_escalated_share']:.1%} escalated and the "
+                         f"{'calibration' if split else 'validation'} rows {esc['validation_escalated_share']:.1%} escalated and the "
                          f"{esc['validation_kept_n']} kept were {esc['validation_kept_accuracy']:.4f} accurate "
                          f"(± {esc['validation_kept_accuracy_se']:.4f}, one standard error)")
         llm = self.report["llm"]
