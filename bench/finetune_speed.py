@@ -12,6 +12,7 @@ validate on 32 texts, save); bf16 only where the CPU has it
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import tempfile
 from pathlib import Path
@@ -26,6 +27,7 @@ from shared.encoders.hf import pick_device  # noqa: E402
 from shared.encoders.precision import BF16_CPU_FLAGS, cpu_flags  # noqa: E402
 from shared.encoders.spec import EncoderSpec  # noqa: E402
 from shared.fusion.training import encode_targets  # noqa: E402
+from shared.errors import InputError  # noqa: E402
 from shared.textio import read_labelled  # noqa: E402
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -48,7 +50,11 @@ def main() -> int:
     args = parser.parse_args()
     result = {"_machine": machine(), "n": args.n, "model": MODEL}
     print(f"CPU: {result['_machine']['cpu']}", flush=True)
-    data = read_labelled(Path(args.data))
+    try:
+        data = read_labelled(Path(args.data))
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     texts, names = data.texts[:args.n], data.labels[:args.n]
     labels = sorted({n for row in names for n in row})
     y = encode_targets(names, labels, multi_label=False)
@@ -61,9 +67,8 @@ def main() -> int:
         spec = EncoderSpec(model=MODEL, precision=precision, max_length=args.max_length)
         times = []
         for _ in range(args.repeats):
-            with tempfile.TemporaryDirectory() as out, \
-                    mock.patch.object(finetune, "length_grouped_batches",
-                                      random_batches if old_batches else finetune.length_grouped_batches):
+            old_loop = mock.patch.object(finetune, "length_grouped_batches", random_batches)
+            with tempfile.TemporaryDirectory() as out, (old_loop if old_batches else contextlib.nullcontext()):
                 fitted = finetune.finetune_backbone(
                     spec, texts, y, texts[:32], y[:32], n_classes=len(labels), multi_label=False,
                     out_dir=Path(out), config=finetune.FinetuneConfig(epochs=1), device=args.device)

@@ -72,10 +72,10 @@ def self_train(trained: TrainedFusion, candidate: Candidate, train: tuple[np.nda
                          members=config.ensemble)
     before = max(c["val_score"] for c in trained.candidates if _same(c, candidate))
     after = refit.candidates[0]["val_score"]
-    return (refit if after >= before else trained), outcome(pseudo, target_accuracy, before, after)
+    return (refit if after >= before else trained), round_report(pseudo, target_accuracy, before, after)
 
 
-def outcome(pseudo: PseudoLabels, target_accuracy: float, before: float, after: float) -> dict:
+def round_report(pseudo: PseudoLabels, target_accuracy: float, before: float, after: float) -> dict:
     """The report of a self-training round; the refit is kept when its selection score is not lower."""
     return {"offered": pseudo.offered, "pseudo_labelled": len(pseudo.targets),
             "confidence_cut": round(pseudo.threshold, 5), "target_accuracy": target_accuracy,

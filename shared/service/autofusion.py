@@ -19,6 +19,7 @@ answer cache and (``publish``/``from_registry``) the registry in ``service.train
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -38,8 +39,7 @@ from shared.fusion.escalation import calibrate_escalation
 from shared.fusion.llm_signals import LLMUsage, gather_llm_signals
 from shared.fusion.predict import Decision
 from shared.fusion.search import EncodeOptions, block_sets, choose, layer_features, split_validation, stack
-from shared.fusion.self_training import DEFAULT_TARGET_ACCURACY, pseudo_label, self_train
-from shared.fusion.self_training import outcome as self_training_outcome
+from shared.fusion.self_training import DEFAULT_TARGET_ACCURACY, pseudo_label, round_report, self_train
 from shared.fusion.training import (
     Candidate, Signals, TrainedFusion, encode_targets, split_train_validation, train_fusion,
 )
@@ -253,13 +253,15 @@ class AutoFusionClassifier:
         second = self._fit_encoder_network(
             base_specs, texts + [unlabeled[i] for i in pseudo.index], np.concatenate([y, pseudo.targets]),
             val_texts, y_val, labels, multi_label, second_report, round_name="second")
-        st = self_training_outcome(pseudo, DEFAULT_TARGET_ACCURACY, first.val_score, second.val_score)
+        st = round_report(pseudo, DEFAULT_TARGET_ACCURACY, first.val_score, second.val_score)
         keys = ("finetune", "chosen", "seconds_encode", "seconds_select")
         st["backbones"] = "fine-tuned again on the labelled and pseudo-labelled texts"
         st["first_round" if st["kept"] else "second_round"] = {
             k: (report if st["kept"] else second_report).get(k) for k in keys}
         if st["kept"]:
             report.update(second_report)
+        # the discarded round's backbones are never served: free their disk now, not when the fit ends
+        shutil.rmtree(Path(self._workdir.name) / ("first" if st["kept"] else "second"), ignore_errors=True)
         st["seconds"] = round(time.perf_counter() - timer, 2)
         log.info("self-training: second round %s (selection score %.4f -> %.4f)",
                  "kept" if st["kept"] else "not kept", first.val_score, second.val_score)

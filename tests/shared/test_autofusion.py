@@ -189,6 +189,10 @@ def test_self_training_with_fine_tuning_tunes_the_backbone_again_on_the_pseudo_l
     assert st["kept"] == (st["selection_score_after"] >= st["selection_score_before"])
     kept_round = "second" if st["kept"] else "first"
     assert f"/{kept_round}/" in clf.artifact_.encoders[0].model  # the served backbone is the kept round's
+    from pathlib import Path
+
+    discarded = Path(clf._workdir.name) / ("first" if st["kept"] else "second")
+    assert not discarded.exists()  # the other round's backbone is removed at once
     assert clf.report_["chosen"]["val_score"] == max(st["selection_score_after"], st["selection_score_before"])
     assert ("first_round" if st["kept"] else "second_round") in st
     assert clf.predict(unlabeled[:3])
