@@ -7,6 +7,11 @@ texts/s of sentence-transformers' ``encode`` (fp32, batch 32) and of fusionq's e
 precision this device runs, and the cosine similarity (min and mean) of each precision's pooled
 features to fp32. On a CPU with onnxruntime installed (the ``onnx`` extra) that includes int8; its
 first run exports and caches the int8 model (``FUSIONQ_ONNX_CACHE``) before timing.
+
+On CUDA it also times sentence-transformers in the half precision ``auto`` picks, at its default
+batch of 32 and at 256, and with ``--budgets`` fusionq's ``auto`` at other token budgets per forward
+pass (``TOKENS`` or ``TOKENS:TEXTS``), to size the device's defaults. ``--model`` takes any local
+folder or Hub id.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from bench.common import machine, write_result  # noqa: E402
 
 from shared.demo import sample_dir  # noqa: E402
 from shared.encoders.hf import HFEncoder, pick_device, resolve_model_path  # noqa: E402
-from shared.encoders.precision import bf16_speedup_on_cpu, cpu_description, resolve_precision  # noqa: E402
+from shared.encoders.precision import bf16_speedup_on_cpu, cpu_description, resolve_precision, torch_dtype  # noqa: E402
 from shared.encoders.spec import EncoderSpec  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.textio import read_texts  # noqa: E402
@@ -50,6 +55,8 @@ def main() -> int:
     parser.add_argument("--data", default="../shared/data/ag_news/test.csv")
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--model", default=MODEL)
+    parser.add_argument("--budgets", default="", help="comma-separated TOKENS[:TEXTS] budgets to time for auto")
     parser.add_argument("--out", default="bench/out/encoder_speed.json")
     args = parser.parse_args()
     data = Path(args.data) if Path(args.data).is_file() else sample_dir() / "test.csv"
@@ -57,18 +64,31 @@ def main() -> int:
     settings = Settings()
     device = pick_device(settings.device)
     print(f"CPU: {cpu_description()}; device {device}; {os.cpu_count()} cores", flush=True)
-    result = {**machine(), "device": str(device), "data": str(data), "texts": len(texts), "auto": str(resolve_precision("auto", device)),
-              "texts_per_s": {}, "cosine_to_fp32_min": {}, "cosine_to_fp32_mean": {}}
+    auto = resolve_precision("auto", device)
+    result = {**machine(), "device": str(device), "data": str(data), "texts": len(texts), "auto": str(auto),
+              "model": args.model, "texts_per_s": {}, "cosine_to_fp32_min": {}, "cosine_to_fp32_mean": {}}
+    if device.type == "cuda":
+        import torch
+
+        result["gpu"] = torch.cuda.get_device_name(device)
+        result["torch"] = torch.__version__
+        print(f"GPU: {result['gpu']}, torch {torch.__version__}", flush=True)
     if device.type == "cpu":
         result["bf16_matmul_speedup"] = round(bf16_speedup_on_cpu(), 2)
 
     try:
         from sentence_transformers import SentenceTransformer
 
-        st = SentenceTransformer(resolve_model_path(MODEL), device=str(device))
-        result["texts_per_s"]["sentence-transformers fp32"] = round(
-            rate(lambda t: st.encode(t, batch_size=32), texts, args.repeats), 1)
-        print(f"sentence-transformers fp32: {result['texts_per_s']['sentence-transformers fp32']} texts/s", flush=True)
+        st = SentenceTransformer(resolve_model_path(args.model), device=str(device))
+        st_rows = [("fp32", 32)]
+        if device.type == "cuda":  # its fastest fair setting too: the same half precision, larger batches
+            st_rows += [("fp32", 256), (str(auto), 32), (str(auto), 256)]
+        for precision, batch in st_rows:
+            st.to(torch_dtype(precision))
+            name = f"sentence-transformers {precision}" + (f" batch {batch}" if device.type == "cuda" else "")
+            result["texts_per_s"][name] = round(rate(lambda t: st.encode(t, batch_size=batch), texts, args.repeats), 1)
+            print(f"{name}: {result['texts_per_s'][name]} texts/s", flush=True)
+        del st
     except ImportError:
         print("sentence-transformers is not installed: its row is left out", flush=True)
 
@@ -78,9 +98,14 @@ def main() -> int:
             precisions.append("int8")
         else:
             print("onnxruntime is not installed (pip install 'fusionq[onnx]'): the int8 row is left out", flush=True)
+    tokenizer_only = HFEncoder(EncoderSpec(model=args.model, precision="fp32"), device="cpu")
+    result["tokenizer_alone_texts_per_s"] = round(rate(tokenizer_only.encode_pre, texts, args.repeats), 1)
+    print(f"tokenizer alone: {result['tokenizer_alone_texts_per_s']} texts/s (the host's ceiling)", flush=True)
+    del tokenizer_only
     features = {}
     for precision in precisions:
-        encoder = HFEncoder(EncoderSpec(model=MODEL, precision=precision), device=settings.device)
+        encoder = HFEncoder(EncoderSpec(model=args.model, precision=precision), device=settings.device)
+        result.setdefault("attention", getattr(encoder.model.config, "_attn_implementation", "onnx"))
 
         def encode(t, encoder=encoder):
             return encoder.encode(t, max_tokens=settings.embed_max_tokens, max_batch=settings.embed_max_batch)
@@ -88,6 +113,13 @@ def main() -> int:
         result["texts_per_s"][f"fusionq {precision}"] = round(rate(encode, texts, args.repeats), 1)
         features[precision] = encode(texts)
         print(f"fusionq {precision}: {result['texts_per_s'][f'fusionq {precision}']} texts/s", flush=True)
+    for budget in filter(None, args.budgets.split(",")):
+        tokens, _, count = budget.partition(":")
+        encoder = HFEncoder(EncoderSpec(model=args.model, precision="auto"), device=settings.device)
+        name = f"fusionq auto, {tokens} tokens" + (f", {count} texts" if count else "")
+        result["texts_per_s"][name] = round(rate(lambda t: encoder.encode(
+            t, max_tokens=int(tokens), max_batch=int(count) if count else 100_000), texts, args.repeats), 1)
+        print(f"{name}: {result['texts_per_s'][name]} texts/s", flush=True)
     base = features["fp32"]
     for precision, other in features.items():
         cosine = (base * other).sum(1) / np.linalg.norm(base, axis=1) / np.linalg.norm(other, axis=1)

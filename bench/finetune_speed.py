@@ -46,9 +46,10 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--model", default=MODEL, help="any local folder or Hub id")
     parser.add_argument("--out", default="bench-results/finetune_speed.json")
     args = parser.parse_args()
-    result = {"_machine": machine(), "n": args.n, "model": MODEL}
+    result = {"_machine": machine(), "n": args.n, "model": args.model}
     print(f"CPU: {result['_machine']['cpu']}", flush=True)
     try:
         data = read_labelled(Path(args.data))
@@ -64,7 +65,7 @@ def main() -> int:
         configs.append(("length-grouped, bf16 autocast", "bf16", False))
     rows = {}
     for name, precision, old_batches in configs:
-        spec = EncoderSpec(model=MODEL, precision=precision, max_length=args.max_length)
+        spec = EncoderSpec(model=args.model, precision=precision, max_length=args.max_length)
         times = []
         for _ in range(args.repeats):
             old_loop = mock.patch.object(finetune, "length_grouped_batches", random_batches)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from shared.encoders.batching import length_grouped_batches
-from shared.encoders.hf import PAD_TO_MULTIPLE_OF, load_tokenizer, pick_device, pool, resolve_model_path
+from shared.encoders.hf import load_tokenizer, pad_tokens, pick_device, pool, resolve_model_path
 from shared.encoders.onnx_int8 import require_onnxruntime
 from shared.encoders.precision import resolve_precision
 from shared.encoders.spec import EncoderSpec
@@ -135,10 +135,9 @@ def finetune_backbone(
                 else _no_autocast())
 
     def forward(batch_ids):
-        padded = tokenizer.pad({"input_ids": batch_ids}, return_tensors="pt", pad_to_multiple_of=PAD_TO_MULTIPLE_OF)
-        mask = padded["attention_mask"].to(torch_device)
+        input_ids, mask = (torch.from_numpy(a).to(torch_device) for a in pad_tokens(tokenizer, batch_ids))
         with autocast:
-            out = backbone(input_ids=padded["input_ids"].to(torch_device), attention_mask=mask)
+            out = backbone(input_ids=input_ids, attention_mask=mask)
             return head(pool(out.last_hidden_state, mask, spec.pooling).float()).float()
 
     history, best = [], (-1.0, 0, None)

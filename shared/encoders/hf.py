@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.encoders.batching import pack_by_tokens
+from shared.encoders.batching import pack_by_tokens, pad_batch
 from shared.encoders.onnx_int8 import load_int8_model
 from shared.encoders.precision import resolve_precision, torch_dtype
 from shared.encoders.spec import EncoderSpec
@@ -185,21 +185,22 @@ class HFEncoder:
         """Forward pass of one padded batch; returns the chosen hidden states and attention mask."""
         import torch
 
-        padded = self.tokenizer.pad({"input_ids": list(batch_ids)}, return_tensors="pt",
-                                    pad_to_multiple_of=PAD_TO_MULTIPLE_OF)
-        input_ids, mask = padded["input_ids"], padded["attention_mask"]
+        input_ids, mask = (torch.from_numpy(a) for a in pad_tokens(self.tokenizer, batch_ids))
         if self.device.type == "cuda":  # page-locked host memory: the copy runs without a staging pass
             input_ids, mask = (t.pin_memory().to(self.device, non_blocking=True) for t in (input_ids, mask))
         with torch.inference_mode():
             out = self.model(input_ids=input_ids, attention_mask=mask, output_hidden_states=True)
         return [out.hidden_states[layer] for layer in self.spec.layers], mask
 
-    def encode_post(self, hidden_states, mask) -> np.ndarray:
-        """Pool each chosen layer and concatenate: [batch, dim] float32."""
+    def pooled(self, hidden_states, mask):  # -> torch.Tensor [batch, dim] float32, on the model's device
+        """Each chosen layer pooled, concatenated."""
         import torch
 
-        pooled = [pool(h.float(), mask, self.spec.pooling) for h in hidden_states]
-        return torch.cat(pooled, dim=-1).cpu().numpy().astype(np.float32, copy=False)
+        return torch.cat([pool(h.float(), mask, self.spec.pooling) for h in hidden_states], dim=-1)
+
+    def encode_post(self, hidden_states, mask) -> np.ndarray:
+        """Pool each chosen layer and concatenate: [batch, dim] float32."""
+        return self.pooled(hidden_states, mask).cpu().numpy().astype(np.float32, copy=False)
 
     def encode(
         self,
@@ -213,17 +214,32 @@ class HFEncoder:
 
         Texts are sorted by token length and packed under ``max_tokens`` per forward pass (None:
         sized for the device, :func:`batch_budget`).
-        ``on_batch(n)`` is called after each batch of n texts (progress bars).
+        ``on_batch(n)`` is called after each batch of n texts is queued (progress bars).
         """
+        import torch
+
         ids = self.encode_pre(texts)
         max_tokens, max_batch = batch_budget(self.device, max_tokens, max_batch)
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        order, parts = [], []
+        # Pooled rows stay on the device until the end: no copy back per batch means no wait per
+        # batch, so on a GPU the host pads the next batch while the device runs this one.
         for batch in pack_by_tokens([len(x) for x in ids], max_tokens=max_tokens, max_batch=max_batch):
             hidden, mask = self.encode_core([ids[i] for i in batch])
-            out[batch] = self.encode_post(hidden, mask)
+            parts.append(self.pooled(hidden, mask))
+            order.extend(batch)
             if on_batch:
                 on_batch(len(batch))
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if parts:
+            out[order] = torch.cat(parts).cpu().numpy()
         return out
+
+
+def pad_tokens(tokenizer, batch_ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(input ids, attention mask) for one batch, padded on ``tokenizer``'s side with its pad token, to
+    a length rounded up to :data:`PAD_TO_MULTIPLE_OF`."""
+    return pad_batch(batch_ids, pad_id=tokenizer.pad_token_id, multiple=PAD_TO_MULTIPLE_OF,
+                     left=tokenizer.padding_side == "left")
 
 
 def pool(hidden, mask, pooling: str):

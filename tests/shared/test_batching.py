@@ -52,3 +52,15 @@ def test_length_grouped_batches_cover_every_row_once_and_cut_padding():
     assert length_grouped_batches(lengths, batch_size=32, rng=np.random.default_rng(2), group_batches=10) != batches
     with pytest.raises(ValueError):
         length_grouped_batches(lengths, batch_size=0, rng=np.random.default_rng(0))
+
+
+def test_pad_batch_pads_each_side_to_a_rounded_length():
+    from shared.encoders.batching import pad_batch
+
+    ids, mask = pad_batch([[5, 6, 7], [8]], pad_id=0, multiple=4)
+    assert ids.tolist() == [[5, 6, 7, 0], [8, 0, 0, 0]] and mask.tolist() == [[1, 1, 1, 0], [1, 0, 0, 0]]
+    ids, mask = pad_batch([[5, 6, 7], [8]], pad_id=9, multiple=1, left=True)
+    assert ids.tolist() == [[5, 6, 7], [9, 9, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert ids.dtype.name == mask.dtype.name == "int64"
+    with pytest.raises(ValueError):
+        pad_batch([[1]], pad_id=0, multiple=0)
