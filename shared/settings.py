@@ -54,8 +54,8 @@ class Settings(BaseSettings):
     # tasks, 0.90 in 512, 0.92 in 1024 and no better in one task (docs/BENCHMARKS.md). A job still
     # spreads over workers in runs of 1024.
     embed_items_per_task: int = Field(default=1024, ge=1, description="Items carried by one embed task message.")
-    embed_max_tokens: int | None = Field(default=None, ge=64, description="Token budget of one encoder forward pass (batch size x padded length). Unset: 4096 on a CPU, 32768 on CUDA.")
-    embed_max_batch: int | None = Field(default=None, ge=1, description="Most texts in one encoder forward pass. Unset: 32 on a CPU, 256 on CUDA.")
+    embed_max_tokens: int | None = Field(default=None, ge=64, description="Token budget of one encoder forward pass (batch size x padded length). Unset: 4096 on a CPU; on CUDA up to 131072, less where a quarter of the GPU memory left free by the weights holds fewer tokens' activations.")
+    embed_max_batch: int | None = Field(default=None, ge=1, description="Most texts in one encoder forward pass. Unset: 32 on a CPU, 2048 on CUDA.")
     max_text_chars: int = Field(default=1_000_000, ge=1, description="Texts longer than this are marked failed at submit.")
     torch_threads: int | None = Field(default=None, ge=1, description="CPU threads torch may use in a worker (1 suits the fusion worker beside an encoder). Unset: torch's default.")
     llm_local: str | None = Field(default=None, description="LLM served on the llm_local queue: hf:MODEL or openai:MODEL@http://vllm:8000/v1.")

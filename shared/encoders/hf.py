@@ -67,15 +67,37 @@ DECODER_TYPES = ("llama", "qwen2", "qwen3", "mistral", "mixtral", "gemma", "gemm
 PAD_TO_MULTIPLE_OF = 8
 
 # Tokens and texts per forward pass when the settings leave them unset. On a CPU, larger batches
-# ran slower (docs/BENCHMARKS.md, "Encoder batching"); a GPU needs far larger ones to fill it.
+# ran slower (docs/BENCHMARKS.md, "Encoder batching"). A GPU wants far larger ones: on an H200,
+# MiniLM-L6 in bf16 ran 12.2k texts/s at 16k tokens a pass and 17.1k at 131k (2,048 texts), and a
+# BERT-base-sized model 7.5k at 32k and 11.2k at 65k ("GPU path" in docs/BENCHMARKS.md). So on CUDA
+# the budget is the largest power of two, up to CUDA_BATCH_BUDGET's, whose activations fit in a
+# share of the memory left free once the weights are loaded: a 7B decoder on a 24 GB card gets less.
 CPU_BATCH_BUDGET = (4096, 32)
-CUDA_BATCH_BUDGET = (32768, 256)
+CUDA_BATCH_BUDGET = (131072, 2048)
+CUDA_MIN_TOKENS = 4096
+CUDA_MEMORY_SHARE = 0.25  # the rest stays for the allocator's slack, other processes and odd long batches
 
 
-def batch_budget(device, max_tokens: int | None = None, max_batch: int | None = None) -> tuple[int, int]:
+def default_budget(device, *, free_bytes: int | None = None, bytes_per_token: int | None = None) -> tuple[int, int]:
+    """(tokens, texts) per forward pass on ``device`` (a torch.device) when the settings leave them unset.
+
+    On CUDA, given the device's free memory and the activation bytes one token costs, the token
+    budget shrinks to what fits in :data:`CUDA_MEMORY_SHARE` of it (a power of two, at least
+    :data:`CUDA_MIN_TOKENS`)."""
+    if device.type != "cuda":
+        return CPU_BATCH_BUDGET
+    tokens, texts = CUDA_BATCH_BUDGET
+    if free_bytes and bytes_per_token:
+        fit = int(free_bytes * CUDA_MEMORY_SHARE) // bytes_per_token
+        tokens = max(CUDA_MIN_TOKENS, min(tokens, 1 << max(fit, 1).bit_length() - 1))
+    return tokens, texts
+
+
+def batch_budget(device, max_tokens: int | None = None, max_batch: int | None = None, *,
+                 default: tuple[int, int] | None = None) -> tuple[int, int]:
     """(tokens, texts) per forward pass on ``device`` (a torch.device): the given values, or the
-    device's defaults for those left None."""
-    tokens, texts = CUDA_BATCH_BUDGET if device.type == "cuda" else CPU_BATCH_BUDGET
+    ``default`` (:func:`default_budget`'s when None) for those left None."""
+    tokens, texts = default or default_budget(device)
     return (max_tokens or tokens, max_batch or texts)
 
 
@@ -141,6 +163,7 @@ class HFEncoder:
         self._check_layers(spec.layers)
         self.hidden_size = int(config.hidden_size)
         self.max_length = min(spec.max_length, _model_max_length(self.tokenizer, config))
+        self.default_budget = self._default_budget()
 
     def _load_model(self, path: str):
         """The model in the spec's precision; int8 runs through ONNX Runtime, called and indexed as the
@@ -150,6 +173,17 @@ class HFEncoder:
         from transformers import AutoModel
 
         return AutoModel.from_pretrained(path, dtype=torch_dtype(self.precision)).to(self.device).eval()
+
+    def _default_budget(self) -> tuple[int, int]:
+        """The device's batch budget; on CUDA sized from the memory the loaded weights left free. A
+        token costs every hidden state (all are returned) plus about eight widths of working set."""
+        if self.device.type != "cuda":
+            return default_budget(self.device)
+        import torch
+
+        free_bytes, _ = torch.cuda.mem_get_info(self.device)
+        width_bytes = self.hidden_size * torch_dtype(self.precision).itemsize
+        return default_budget(self.device, free_bytes=free_bytes, bytes_per_token=(self.n_hidden_states + 8) * width_bytes)
 
     def _check_layers(self, layers: tuple[int, ...]) -> None:
         for layer in layers:
@@ -213,13 +247,13 @@ class HFEncoder:
         """Features for ``texts`` in their order: [len(texts), dim] float32.
 
         Texts are sorted by token length and packed under ``max_tokens`` per forward pass (None:
-        sized for the device, :func:`batch_budget`).
+        sized for the device, :func:`default_budget`).
         ``on_batch(n)`` is called after each batch of n texts is queued (progress bars).
         """
         import torch
 
         ids = self.encode_pre(texts)
-        max_tokens, max_batch = batch_budget(self.device, max_tokens, max_batch)
+        max_tokens, max_batch = batch_budget(self.device, max_tokens, max_batch, default=self.default_budget)
         order, parts = [], []
         # Pooled rows stay on the device until the end: no copy back per batch means no wait per
         # batch, so on a GPU the host pads the next batch while the device runs this one.

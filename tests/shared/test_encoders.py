@@ -158,6 +158,22 @@ def test_batch_budget_is_sized_for_the_device_unless_set():
     assert batch_budget(torch.device("cuda")) == CUDA_BATCH_BUDGET  # a device object only: no GPU needed
     assert batch_budget(torch.device("cuda"), 1024, None) == (1024, CUDA_BATCH_BUDGET[1])
     assert batch_budget(torch.device("cpu"), None, 8) == (4096, 8)
+    assert batch_budget(torch.device("cuda"), None, 8, default=(2048, 64)) == (2048, 8)
+
+
+def test_cuda_token_budget_shrinks_to_the_memory_left_free():
+    from shared.encoders.hf import CUDA_BATCH_BUDGET, CUDA_MIN_TOKENS, default_budget
+
+    cuda = torch.device("cuda")
+    gib = 1 << 30
+    # MiniLM-L6 in bf16 on a big card: (7 hidden states + 8) x 384 x 2 bytes a token fits the ceiling
+    assert default_budget(cuda, free_bytes=130 * gib, bytes_per_token=15 * 384 * 2) == CUDA_BATCH_BUDGET
+    # a 7B decoder (33 hidden states, 4096 wide, bf16) with 24 GiB left: a quarter of it, rounded down
+    tokens, texts = default_budget(cuda, free_bytes=24 * gib, bytes_per_token=41 * 4096 * 2)
+    assert tokens == 16384 and tokens * 41 * 4096 * 2 <= 24 * gib / 4 and texts == CUDA_BATCH_BUDGET[1]
+    assert default_budget(cuda, free_bytes=1, bytes_per_token=10**6)[0] == CUDA_MIN_TOKENS  # never below the floor
+    assert default_budget(torch.device("cpu"), free_bytes=gib, bytes_per_token=1) == (4096, 32)
+
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
