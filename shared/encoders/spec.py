@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from shared.vocab import Pooling, Precision, values
 
@@ -36,6 +37,19 @@ class EncoderSpec:
             raise ValueError(f"precision {self.precision!r} is not one of {', '.join(values(Precision))}")
         if self.max_length < 2:
             raise ValueError("EncoderSpec.max_length must be at least 2 tokens")
+
+    @property
+    def display_name(self) -> str:
+        """The model as people know it: a backbone fine-tuned here lives in a temporary or artifact
+        folder, so it is named by what it was tuned from."""
+        origin = self.extra.get("finetuned_from")
+        return f"{origin}, fine-tuned" if origin else self.model
+
+    @property
+    def short_name(self) -> str:
+        """:attr:`display_name` without the folders, for progress bars."""
+        origin = self.extra.get("finetuned_from")
+        return f"{Path(origin).name}, fine-tuned" if origin else Path(self.model).name
 
     @property
     def key(self) -> str:

@@ -15,7 +15,6 @@ model over-confident on new data (issue 13: MR's validation said 0.80, test gave
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -54,7 +53,7 @@ def layer_features(spec: EncoderSpec, texts: list[str], val_texts: list[str], *,
     reader = encoder.with_layers(tuple(layers))
     out: LayerFeatures = {}
     for part, part_texts in (("train", texts), ("validation", val_texts)):
-        with progress_bar(total=len(part_texts), desc=f"encode {part} ({Path(spec.model).name})", unit="text",
+        with progress_bar(total=len(part_texts), desc=f"encode {part} ({spec.short_name})", unit="text",
                           enabled=options.show_progress) as bar:
             features = reader.encode(part_texts, max_tokens=options.max_tokens, max_batch=options.max_batch,
                                      on_batch=bar.update)

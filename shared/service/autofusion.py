@@ -230,7 +230,7 @@ class AutoFusionClassifier:
         train_x, block_dims = stack(features, blocks, 0)  # the winner's features, for an LLM-aware refit
         val_x, _ = stack(features, blocks, 1)
         chosen = next(c for c in report["candidates"] if c["chosen"])
-        report["chosen"] = {"layers": {s.model: list(s.layers) for s in final_specs}, "candidate": chosen["name"],
+        report["chosen"] = {"layers": {s.display_name: list(s.layers) for s in final_specs}, "candidate": chosen["name"],
                             "val_score": chosen["val_score"]}
         report["seconds_select"] = round(time.perf_counter() - timer, 2)
         return _FittedNetwork(trained=choice.trained, specs=final_specs, candidate=Candidate(

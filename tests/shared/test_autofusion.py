@@ -159,6 +159,8 @@ def test_full_fine_tuning_bundles_the_backbone_in_the_artifact(sqlite_settings, 
     clf = AutoFusionClassifier(encoders=tiny_bert_path, layers=-1, finetune=FinetuneConfig(epochs=1, batch_size=8),
                                settings=sqlite_settings, training=FAST).fit(topics(10))
     assert clf.report_["finetune"][0]["history"][0]["epoch"] == 1
+    # the report names the tuned backbone by its origin, not by the temporary folder it was tuned in
+    assert clf.report_["chosen"]["layers"] == {f"{tiny_bert_path}, fine-tuned": [-1]}
     clf.save(tmp_path / "ft")
     assert (tmp_path / "ft" / "backbones" / "0" / "config.json").is_file()
     loaded = AutoFusionClassifier.load(tmp_path / "ft", settings=sqlite_settings)

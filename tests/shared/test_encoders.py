@@ -188,3 +188,28 @@ def test_our_padding_is_what_the_tokenizer_pads(tiny_decoder_path, side):
     ids, mask = pad_tokens(tokenizer, batch)
     np.testing.assert_array_equal(ids, expected["input_ids"])
     np.testing.assert_array_equal(mask, expected["attention_mask"])
+
+
+def test_a_fine_tuned_spec_is_named_by_its_origin():
+    plain = EncoderSpec(model="/models/all-MiniLM-L6-v2")
+    assert plain.display_name == "/models/all-MiniLM-L6-v2" and plain.short_name == "all-MiniLM-L6-v2"
+    tuned = EncoderSpec(model="/tmp/fusionq-backbones-x/first/0", extra={"finetuned_from": "/models/all-MiniLM-L6-v2"})
+    assert tuned.display_name == "/models/all-MiniLM-L6-v2, fine-tuned"
+    assert tuned.short_name == "all-MiniLM-L6-v2, fine-tuned"
+
+
+def test_fine_tuning_validation_scores_rows_in_their_own_order_whatever_the_batching():
+    # batches are cut from length-sorted rows; each row's logits must still meet its own target
+    from shared.encoders.finetune import _validation_score
+    from shared.metrics import score_logits
+
+    val_ids = [[1] * n for n in (5, 1, 9, 3, 7, 2)]
+    targets = np.array([1, 0, 1, 0, 1, 0])
+
+    def forward(batch):  # class 1 for long rows, row by row: a misplaced row would change the score
+        return torch.tensor([[4.0 - len(x), len(x) - 4.0] for x in batch])
+
+    module = torch.nn.Linear(1, 1)
+    expected = score_logits(forward(val_ids).numpy(), targets, False)
+    assert expected == 1.0
+    assert _validation_score(forward, module, module, val_ids, targets, False, batch_size=4) == expected
