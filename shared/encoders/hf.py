@@ -75,6 +75,7 @@ PAD_TO_MULTIPLE_OF = 8
 CPU_BATCH_BUDGET = (4096, 32)
 CUDA_BATCH_BUDGET = (131072, 2048)
 CUDA_MIN_TOKENS = 4096
+DEVICE_PENDING_BYTES = 256 << 20  # pooled features held on the GPU before one copy back (a single wait)
 CUDA_MEMORY_SHARE = 0.25  # the rest stays for the allocator's slack, other processes and odd long batches
 
 
@@ -250,23 +251,34 @@ class HFEncoder:
         sized for the device, :func:`default_budget`).
         ``on_batch(n)`` is called after each batch of n texts is queued (progress bars).
         """
-        import torch
-
         ids = self.encode_pre(texts)
         max_tokens, max_batch = batch_budget(self.device, max_tokens, max_batch, default=self.default_budget)
-        order, parts = [], []
-        # Pooled rows stay on the device until the end: no copy back per batch means no wait per
-        # batch, so on a GPU the host pads the next batch while the device runs this one.
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        # On a GPU, pooled rows stay on the device for a while: no copy back per batch means no wait
+        # per batch, so the host pads the next batch while the device runs this one.
+        pending, pending_bytes = [], 0
         for batch in pack_by_tokens([len(x) for x in ids], max_tokens=max_tokens, max_batch=max_batch):
             hidden, mask = self.encode_core([ids[i] for i in batch])
-            parts.append(self.pooled(hidden, mask))
-            order.extend(batch)
+            pooled = self.pooled(hidden, mask)
+            if self.device.type == "cuda":
+                pending.append((batch, pooled))
+                pending_bytes += pooled.numel() * 4
+                if pending_bytes > DEVICE_PENDING_BYTES:
+                    _copy_out(pending, out)
+                    pending_bytes = 0
+            else:
+                out[batch] = pooled.numpy()
             if on_batch:
                 on_batch(len(batch))
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        if parts:
-            out[order] = torch.cat(parts).cpu().numpy()
+        _copy_out(pending, out)
         return out
+
+
+def _copy_out(pending: list, out: np.ndarray) -> None:
+    """Copy (rows, pooled device tensor) pairs into ``out`` and empty ``pending``."""
+    for batch, pooled in pending:
+        out[batch] = pooled.cpu().numpy()
+    pending.clear()
 
 
 def pad_tokens(tokenizer, batch_ids: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
