@@ -183,8 +183,8 @@ class HFEncoder:
         import torch
 
         free_bytes, _ = torch.cuda.mem_get_info(self.device)
-        width_bytes = self.hidden_size * torch_dtype(self.precision).itemsize
-        return default_budget(self.device, free_bytes=free_bytes, bytes_per_token=(self.n_hidden_states + 8) * width_bytes)
+        bytes_per_token = (self.n_hidden_states + 8) * self.hidden_size * torch_dtype(self.precision).itemsize
+        return default_budget(self.device, free_bytes=free_bytes, bytes_per_token=bytes_per_token)
 
     def _check_layers(self, layers: tuple[int, ...]) -> None:
         for layer in layers:
