@@ -50,13 +50,26 @@ def rate(encode, texts: list[str], repeats: int) -> float:
     return statistics.median(runs)
 
 
+def parse_budgets(text: str) -> list[tuple[int, int | None]]:
+    """``"8192,65536:1024"`` -> [(8192, None), (65536, 1024)]; argparse turns a ValueError into exit 2."""
+    budgets = []
+    for part in filter(None, text.split(",")):
+        tokens, _, count = part.partition(":")
+        budget = (int(tokens), int(count) if count else None)
+        if budget[0] < 1 or (budget[1] is not None and budget[1] < 1):
+            raise ValueError(part)
+        budgets.append(budget)
+    return budgets
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="../shared/data/ag_news/test.csv")
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model", default=MODEL)
-    parser.add_argument("--budgets", default="", help="comma-separated TOKENS[:TEXTS] budgets to time for auto")
+    parser.add_argument("--budgets", type=parse_budgets, default=[],
+                        help="comma-separated TOKENS[:TEXTS] budgets to time for auto, e.g. 65536:1024")
     parser.add_argument("--out", default="bench/out/encoder_speed.json")
     args = parser.parse_args()
     data = Path(args.data) if Path(args.data).is_file() else sample_dir() / "test.csv"
@@ -113,12 +126,11 @@ def main() -> int:
         result["texts_per_s"][f"fusionq {precision}"] = round(rate(encode, texts, args.repeats), 1)
         features[precision] = encode(texts)
         print(f"fusionq {precision}: {result['texts_per_s'][f'fusionq {precision}']} texts/s", flush=True)
-    for budget in filter(None, args.budgets.split(",")):
-        tokens, _, count = budget.partition(":")
+    for tokens, count in args.budgets:
         encoder = HFEncoder(EncoderSpec(model=args.model, precision="auto"), device=settings.device)
         name = f"fusionq auto, {tokens} tokens" + (f", {count} texts" if count else "")
         result["texts_per_s"][name] = round(rate(lambda t: encoder.encode(
-            t, max_tokens=int(tokens), max_batch=int(count) if count else 100_000), texts, args.repeats), 1)
+            t, max_tokens=tokens, max_batch=count or 100_000), texts, args.repeats), 1)
         print(f"{name}: {result['texts_per_s'][name]} texts/s", flush=True)
     base = features["fp32"]
     for precision, other in features.items():

@@ -10,7 +10,11 @@
 # bench/finetune_speed.py for both sizes. One JSON per run and log.txt land in OUT_DIR.
 # Sizes: N_SHORT (20000), N_BASE (10000), N_TUNE (4096 fine-tuning texts), REPEATS (3).
 set -uo pipefail
-model=${1:?MODEL}; data=${2:?DATA_DIR}; out=${3:?OUT_DIR}
+if [ $# -ne 3 ]; then echo "usage: bash bench/gpu_encoder.sh MODEL DATA_DIR OUT_DIR" >&2; exit 2; fi
+model=$1; data=$2; out=$3
+for f in ag_news_train.csv r8_test.csv; do
+  [ -f "$data/$f" ] || { echo "gpu_encoder.sh: $data/$f is missing (DATA_DIR needs ag_news_train.csv and r8_test.csv)" >&2; exit 2; }
+done
 mkdir -p "$out"
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true
 n_short=${N_SHORT:-20000}; n_base=${N_BASE:-10000}; n_tune=${N_TUNE:-4096}; repeats=${REPEATS:-3}
