@@ -67,21 +67,23 @@ def main() -> int:
         configs = [("random batches, fp32", "fp32", True), ("length-grouped, fp32", "fp32", False)]
         if any(f in cpu_flags() for f in BF16_CPU_FLAGS):
             configs.append(("length-grouped, bf16 autocast", "bf16", False))
-    with tempfile.TemporaryDirectory() as out:  # untimed: the first call pays for CUDA's start and kernel choice
-        finetune.finetune_backbone(EncoderSpec(model=args.model, precision=configs[-1][1], max_length=args.max_length),
-                                   texts[:64], y[:64], texts[:32], y[:32], n_classes=len(labels), multi_label=False,
-                                   out_dir=Path(out), config=finetune.FinetuneConfig(epochs=1), device=args.device)
+
+    def tune(precision: str, n: int):  # one epoch over the first n texts (load, train, validate on 32, save)
+        with tempfile.TemporaryDirectory() as out:
+            return finetune.finetune_backbone(
+                EncoderSpec(model=args.model, precision=precision, max_length=args.max_length), texts[:n], y[:n],
+                texts[:32], y[:32], n_classes=len(labels), multi_label=False, out_dir=Path(out),
+                config=finetune.FinetuneConfig(epochs=1), device=args.device)
+
+    tune(configs[-1][1], 64)  # untimed: the first call pays for CUDA's start and kernel choice
     rows = {}
     for name, precision, old_batches in configs:
-        spec = EncoderSpec(model=args.model, precision=precision, max_length=args.max_length)
         times = []
         for _ in range(args.repeats):
             old_loop = mock.patch.object(finetune, "length_grouped_batches", random_batches)
-            with tempfile.TemporaryDirectory() as out, (old_loop if old_batches else contextlib.nullcontext()):
-                fitted = finetune.finetune_backbone(
-                    spec, texts, y, texts[:32], y[:32], n_classes=len(labels), multi_label=False,
-                    out_dir=Path(out), config=finetune.FinetuneConfig(epochs=1), device=args.device)
-                times.append(fitted.seconds)
+            with old_loop if old_batches else contextlib.nullcontext():
+                fitted = tune(precision, len(texts))
+            times.append(fitted.seconds)
         rows[name] = {"texts_per_s": round(args.n / min(times), 1), "seconds": [round(t, 1) for t in times],
                       "train_precision": fitted.train_precision}
         print(f"{name}: {rows[name]['texts_per_s']} texts/s", flush=True)

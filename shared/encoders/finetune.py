@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.encoders.batching import length_grouped_batches
+from shared.encoders.batching import length_grouped_batches, pack_by_tokens
 from shared.encoders.hf import load_tokenizer, pad_tokens, pick_device, pool, resolve_model_path
 from shared.encoders.onnx_int8 import require_onnxruntime
 from shared.encoders.precision import resolve_precision
@@ -245,16 +246,15 @@ def _validation_score(forward, backbone, head, val_ids, val_targets, multi_label
 
     backbone.eval()
     head.eval()
-    # batches of similar lengths pad less (long-text sets such as R8 spent most of this pass on pads)
-    order = sorted(range(len(val_ids)), key=lambda i: len(val_ids[i]))
-    outputs = []
+    # length-sorted batches pad less (long-text sets such as R8 spent most of this pass on pads)
+    order, outputs = [], []
     with torch.no_grad():
-        for start in range(0, len(order), batch_size):
-            outputs.append(forward([val_ids[i] for i in order[start:start + batch_size]]).float().cpu().numpy())
-    if not outputs:
-        return score_logits(np.zeros((0, 1)), val_targets, multi_label)
-    logits = np.empty_like(np.concatenate(outputs))
-    logits[order] = np.concatenate(outputs)
+        for batch in pack_by_tokens([len(x) for x in val_ids], max_tokens=sys.maxsize, max_batch=batch_size):
+            outputs.append(forward([val_ids[i] for i in batch]).float().cpu().numpy())
+            order.extend(batch)
+    stacked = np.concatenate(outputs) if outputs else np.zeros((0, 1))
+    logits = np.empty_like(stacked)
+    logits[order] = stacked
     return score_logits(logits, val_targets, multi_label)
 
 
