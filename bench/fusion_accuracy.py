@@ -20,7 +20,7 @@ import resource
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -109,7 +109,7 @@ def peak_memory() -> dict:
 
 
 def fit_and_test(name, train, dev, test, *, encoder, settings, finetune=None, training=TrainingConfig(),
-                 unlabeled=None):
+                 unlabeled=None, probabilities_to: Path | None = None):
     started = time.perf_counter()
     clf = AutoFusionClassifier(encoders=[encoder], layers="auto", fusion="auto", finetune=finetune,
                                training=training, settings=settings, show_progress=True).fit(train, dev, unlabeled)
@@ -118,9 +118,13 @@ def fit_and_test(name, train, dev, test, *, encoder, settings, finetune=None, tr
     labels, multi = clf.artifact_.labels, clf.artifact_.multi_label
     row = {"run": name, "seed": training.seed, "precision": str(clf.artifact_.encoders[0].precision),
            "fit_seconds": round(fit_s, 1), **peak_memory(), "chosen": clf.report_["chosen"],
+           "finetune_config": asdict(finetune) if finetune else None,
            "test": score(batch.decision, test, labels, multi), "validation": clf.report_["validation"],
            "self_training": clf.report_.get("self_training"),
            "report": clf.report_}
+    if probabilities_to is not None:  # for bench/ensemble_accuracy.py
+        probabilities_to.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(probabilities_to, probabilities=batch.decision.probabilities, labels=np.array(labels))
     print(f"  {name}: {row['test']} in {fit_s:.0f}s, chosen {row['chosen']}", flush=True)
     return clf, row
 
@@ -194,6 +198,9 @@ def main() -> int:
     parser.add_argument("--device", default=None)
     parser.add_argument("--seed", type=int, default=TrainingConfig().seed, help="training seed (heads, split)")
     parser.add_argument("--out", default="bench-results/fusion_accuracy.json")
+    parser.add_argument("--probabilities-dir", type=Path, default=None,
+                        help="also save each run's calibrated test probabilities here, as DATASET_VARIANT_seedN.npz "
+                             "(bench/ensemble_accuracy.py averages them)")
     args = parser.parse_args()
     settings = Settings(home=Path(os.environ.get("FUSIONQ_HOME", "/tmp/fusionq-bench")), device=args.device)
     training = TrainingConfig(seed=args.seed)
@@ -223,26 +230,32 @@ def main() -> int:
         print(f"{name}: {len(train.texts)} train / {len(dev.texts)} validation / {len(test.texts)} test", flush=True)
         entry = results.get(name, {})
         entry["sizes"] = {"train": len(train.texts), "validation": len(dev.texts), "test": len(test.texts)}
+        ft = FinetuneConfig(method="full", epochs=args.finetune_epochs, learning_rate=args.finetune_lr, seed=args.seed)
+        saved = lambda variant: (args.probabilities_dir / f"{name}_{variant}_seed{args.seed}.npz"  # noqa: E731
+                                 if args.probabilities_dir else None)
         if "frozen" in args.variants.split(","):
             clf, entry["frozen"] = fit_and_test(f"{name} frozen", train, dev, test, encoder=encoder,
-                                                settings=settings, training=training)
+                                                settings=settings, training=training,
+                                                probabilities_to=saved("frozen"))
             entry["frozen"]["table"] = layer_table(clf, train, dev, test, settings=settings, training=training)
         variants = args.variants.split(",")
-        ft = FinetuneConfig(method="full", epochs=args.finetune_epochs, learning_rate=args.finetune_lr)
         if per_class and ("selftrained" in variants or "selftrained-finetuned" in variants):
             full = read_labelled(data_dir / train_file)
             rest = np.setdiff1d(np.arange(len(full.texts)), balanced_indices(full, per_class))
             unlabeled = [full.texts[i] for i in rest]
             if "selftrained" in variants:
                 _, entry["selftrained"] = fit_and_test(f"{name} self-trained", train, dev, test, encoder=encoder,
-                                                       settings=settings, training=training, unlabeled=unlabeled)
+                                                       settings=settings, training=training, unlabeled=unlabeled,
+                                                       probabilities_to=saved("selftrained"))
             if "selftrained-finetuned" in variants:
                 _, entry["selftrained_finetuned"] = fit_and_test(
                     f"{name} self-trained, fine-tuned", train, dev, test, encoder=encoder, settings=settings,
-                    finetune=ft, training=training, unlabeled=unlabeled)
+                    finetune=ft, training=training, unlabeled=unlabeled,
+                    probabilities_to=saved("selftrained-finetuned"))
         if "finetuned" in variants:
             _, entry["finetuned"] = fit_and_test(f"{name} fine-tuned", train, dev, test, encoder=encoder,
-                                                 settings=settings, finetune=ft, training=training)
+                                                 settings=settings, finetune=ft, training=training,
+                                                 probabilities_to=saved("finetuned"))
         results[name] = entry
         out.write_text(json.dumps(results, indent=2))
     print(f"wrote {out}")

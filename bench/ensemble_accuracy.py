@@ -1,0 +1,69 @@
+"""Test accuracy of an ensemble of fitted classifiers: their calibrated test probabilities averaged.
+
+Each input is an ``.npz`` that ``bench/fusion_accuracy.py --probabilities-dir`` saved for one run
+(probabilities of the official test split, in the order of its CSV, and the label names). The
+members are whatever runs were named, all of them: nothing is selected on test. Single-label
+data sets only (the average of probabilities is argmaxed).
+
+    python bench/ensemble_accuracy.py --test ../shared/data/ag_news/test.csv \\
+        --out bench-results/ensemble.json runs/ag_news-4k_finetuned_seed*.npz
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import machine  # noqa: E402
+from bench.fusion_accuracy import score  # noqa: E402
+from shared.fusion.predict import decide_from_probabilities  # noqa: E402
+from shared.textio import read_labelled  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="+", type=Path, help=".npz files saved by fusion_accuracy.py")
+    parser.add_argument("--test", type=Path, required=True, help="the test CSV those runs were scored on")
+    parser.add_argument("--out", type=Path, default=Path("bench-results/ensemble_accuracy.json"))
+    args = parser.parse_args()
+    try:
+        test = read_labelled(args.test)
+        members = [np.load(path) for path in args.runs]
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    labels = [str(x) for x in members[0]["labels"]]
+    for path, member in zip(args.runs, members):
+        if [str(x) for x in member["labels"]] != labels or member["probabilities"].shape != (len(test.texts),
+                                                                                               len(labels)):
+            print(f"error: {path} does not hold {len(test.texts)} x {len(labels)} probabilities over the labels "
+                  f"of {args.runs[0]}: is it a run on {args.test}?", file=sys.stderr)
+            return 2
+    if test.multi_label:
+        print("error: ensembles are scored for single-label data sets only", file=sys.stderr)
+        return 2
+    rows = {"_machine": machine(), "test": str(args.test), "members": {}, "ensemble": None}
+    for path, member in zip(args.runs, members):
+        decision = decide_from_probabilities(member["probabilities"], multi_label=False)
+        rows["members"][path.name] = score(decision, test, labels, False)
+    mean = np.mean([m["probabilities"] for m in members], axis=0)
+    rows["ensemble"] = score(decide_from_probabilities(mean, multi_label=False), test, labels, False)
+    accuracies = [m["accuracy"] for m in rows["members"].values()]
+    rows["member_accuracy_mean_sd"] = [round(float(np.mean(accuracies)), 4), round(float(np.std(accuracies, ddof=1)), 4)
+                                       if len(accuracies) > 1 else None]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(rows, indent=2))
+    for name, row in rows["members"].items():
+        print(f"{name}: {row}")
+    print(f"ensemble of {len(members)}: {rows['ensemble']}\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
