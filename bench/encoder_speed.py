@@ -10,9 +10,8 @@ first run exports and caches the int8 model (``FUSIONQ_ONNX_CACHE``) before timi
 
 On CUDA it also times sentence-transformers in the half precision ``auto`` picks, at its default
 batch of 32 and at 256, and with ``--budgets`` fusionq's ``auto`` at other token budgets per forward
-pass (``TOKENS`` or ``TOKENS:TEXTS``), to size the device's defaults, and with ``--tokenize-chunks`` its
-default budget with the input tokenized in chunks of that many texts (0: one chunk), the next chunk
-in a thread while the device runs. ``--model`` takes any local folder or Hub id.
+pass (``TOKENS`` or ``TOKENS:TEXTS``), to size the device's defaults. ``--model`` takes any local
+folder or Hub id.
 """
 
 from __future__ import annotations
@@ -63,14 +62,6 @@ def parse_budgets(text: str) -> list[tuple[int, int | None]]:
     return budgets
 
 
-def parse_chunks(text: str) -> list[int]:
-    """``"0,4096"`` -> [0, 4096]; a negative or malformed value is argparse's exit 2."""
-    chunks = [int(part) for part in filter(None, text.split(","))]
-    if any(chunk < 0 for chunk in chunks):
-        raise ValueError(text)
-    return chunks
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="../shared/data/ag_news/test.csv")
@@ -79,9 +70,6 @@ def main() -> int:
     parser.add_argument("--model", default=MODEL)
     parser.add_argument("--budgets", type=parse_budgets, default=[],
                         help="comma-separated TOKENS[:TEXTS] budgets to time for auto, e.g. 65536:1024")
-    parser.add_argument("--tokenize-chunks", type=parse_chunks, default=[],
-                        help="comma-separated texts per tokenization chunk to time for auto at its default budget "
-                             "(0: the whole input in one chunk), e.g. 0,4096")
     parser.add_argument("--out", default="bench/out/encoder_speed.json")
     args = parser.parse_args()
     data = Path(args.data) if Path(args.data).is_file() else sample_dir() / "test.csv"
@@ -137,16 +125,8 @@ def main() -> int:
     # encode_pre is the tokenizer alone, on the host: the ceiling of any device's texts/s
     result["tokenizer_alone_texts_per_s"] = round(rate(encoder.encode_pre, texts, args.repeats), 1)
     print(f"tokenizer alone: {result['tokenizer_alone_texts_per_s']} texts/s (the host's ceiling)", flush=True)
-    if args.budgets or args.tokenize_chunks:
+    if args.budgets:
         encoder = HFEncoder(EncoderSpec(model=args.model, precision="auto"), device=settings.device)
-        result["auto_default_budget"] = list(encoder.default_budget)
-        print(f"auto's default budget here: {encoder.default_budget[0]} tokens, {encoder.default_budget[1]} texts",
-              flush=True)
-    for chunk in args.tokenize_chunks:
-        encoder.tokenize_chunk = chunk or None
-        name = f"fusionq auto, default budget, tokenized in chunks of {chunk or 'all'}"
-        result["texts_per_s"][name] = round(rate(encoder.encode, texts, args.repeats), 1)
-        print(f"{name}: {result['texts_per_s'][name]} texts/s", flush=True)
     for tokens, count in args.budgets:
         name = f"fusionq auto, {tokens} tokens" + (f", {count} texts" if count else "")
         result["texts_per_s"][name] = round(rate(lambda t: encoder.encode(

@@ -12,7 +12,6 @@ import dataclasses
 import os
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -73,15 +72,13 @@ PAD_TO_MULTIPLE_OF = 8
 # BERT-base-sized model 7.5k at 32k and 11.2k at 65k ("GPU path" in docs/BENCHMARKS.md). So on CUDA
 # the budget is the largest power of two, up to CUDA_BATCH_BUDGET's, whose activations fit in a
 # share of the memory left free once the weights are loaded: a 7B decoder on a 24 GB card gets less.
+# The whole input is tokenized before the first pass: tokenizing 2,048-8,192-text chunks in a thread
+# while the device ran was slower on the H200 (15.0-17.9k against 18.2k texts/s, docs/BENCHMARKS.md).
 CPU_BATCH_BUDGET = (4096, 32)
 CUDA_BATCH_BUDGET = (131072, 2048)
 CUDA_MIN_TOKENS = 4096
 DEVICE_PENDING_BYTES = 256 << 20  # pooled features held on the GPU before one copy back (a single wait)
 CUDA_MEMORY_SHARE = 0.25  # the rest stays for the allocator's slack, other processes and odd long batches
-# Texts per tokenization chunk on CUDA: on an H200 the host's tokenizer, not the GPU, bounded MiniLM
-# (23-26k texts/s tokenizing alone on 16 cores), so the next chunk is tokenized while the device
-# runs this one. Texts are length-sorted within a chunk; 4096 keeps padding near a global sort's.
-CUDA_TOKENIZE_CHUNK = 4096
 
 
 def default_budget(device, *, free_bytes: int | None = None, bytes_per_token: int | None = None) -> tuple[int, int]:
@@ -170,9 +167,6 @@ class HFEncoder:
         self.hidden_size = int(config.hidden_size)
         self.max_length = min(spec.max_length, _model_max_length(self.tokenizer, config))
         self.default_budget = self._default_budget()
-        # Texts per tokenization chunk, the next tokenized in a thread while the device runs this one;
-        # None: one chunk (on a CPU the tokenizer and the model share the same cores).
-        self.tokenize_chunk: int | None = CUDA_TOKENIZE_CHUNK if self.device.type == "cuda" else None
 
     def _load_model(self, path: str):
         """The model in the spec's precision; int8 runs through ONNX Runtime, called and indexed as the
@@ -259,46 +253,29 @@ class HFEncoder:
         sized for the device, :func:`default_budget`).
         ``on_batch(n)`` is called after each batch of n texts is queued (progress bars).
         """
+        if not len(texts):  # the tokenizer itself fails on an empty list
+            return np.zeros((0, self.dim), dtype=np.float32)
+        ids = self.encode_pre(texts)
         max_tokens, max_batch = batch_budget(self.device, max_tokens, max_batch, default=self.default_budget)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         # On a GPU, pooled rows stay on the device for a while: no copy back per batch means no wait
         # per batch, so the host pads the next batch while the device runs this one.
         pending, pending_bytes = [], 0
-        for start, ids in self._tokenized_chunks(texts):
-            for batch in pack_by_tokens([len(x) for x in ids], max_tokens=max_tokens, max_batch=max_batch):
-                hidden, mask = self.encode_core([ids[i] for i in batch])
-                pooled = self.pooled(hidden, mask)
-                rows = np.asarray(batch) + start
-                if self.device.type == "cuda":
-                    pending.append((rows, pooled))
-                    pending_bytes += pooled.numel() * 4
-                    if pending_bytes > DEVICE_PENDING_BYTES:
-                        _copy_out(pending, out)
-                        pending_bytes = 0
-                else:
-                    out[rows] = pooled.numpy()
-                if on_batch:
-                    on_batch(len(batch))
+        for batch in pack_by_tokens([len(x) for x in ids], max_tokens=max_tokens, max_batch=max_batch):
+            hidden, mask = self.encode_core([ids[i] for i in batch])
+            pooled = self.pooled(hidden, mask)
+            if self.device.type == "cuda":
+                pending.append((batch, pooled))
+                pending_bytes += pooled.numel() * 4
+                if pending_bytes > DEVICE_PENDING_BYTES:
+                    _copy_out(pending, out)
+                    pending_bytes = 0
+            else:
+                out[batch] = pooled.numpy()
+            if on_batch:
+                on_batch(len(batch))
         _copy_out(pending, out)
         return out
-
-    def _tokenized_chunks(self, texts: Sequence[str]):
-        """(offset, token ids) for consecutive chunks of ``self.tokenize_chunk`` texts, the next chunk
-        tokenized in a thread while the caller runs this one (the Rust tokenizer releases the GIL)."""
-        chunk = self.tokenize_chunk or len(texts)
-        starts = range(0, len(texts), max(chunk, 1))
-        if not starts:  # nothing to tokenize (the tokenizer itself fails on an empty list)
-            return
-        if len(starts) == 1:
-            yield 0, self.encode_pre(texts)
-            return
-        with ThreadPoolExecutor(1, thread_name_prefix="fusionq-tokenize") as pool:
-            ahead = pool.submit(self.encode_pre, texts[:chunk])
-            for start in starts:
-                ids = ahead.result()
-                if start + chunk < len(texts):
-                    ahead = pool.submit(self.encode_pre, texts[start + chunk:start + 2 * chunk])
-                yield start, ids
 
 
 def _copy_out(pending: list, out: np.ndarray) -> None:

@@ -29,19 +29,9 @@ def test_bert_layers_concatenate_and_batching_does_not_change_features(tiny_bert
     np.testing.assert_allclose(together, alone, atol=1e-5)
 
 
-def test_chunked_tokenization_keeps_every_row_in_its_place(tiny_bert_path):
-    # On CUDA the next chunk is tokenized in a thread while the device runs this one; the chunk size is
-    # an attribute, so the CPU runs the same loop here. Rows of different lengths across chunk borders.
-    encoder = HFEncoder(EncoderSpec(model=tiny_bert_path, layers=(-1,), pooling="mean", precision="fp32"))
-    assert encoder.tokenize_chunk is None  # a CPU: one chunk
-    texts = [" ".join(["word"] * (1 + (7 * i) % 23)) + f" number {i}" for i in range(23)]
-    whole = encoder.encode(texts, max_tokens=64, max_batch=4)
-    encoder.tokenize_chunk = 5
-    chunks = list(encoder._tokenized_chunks(texts))
-    assert [start for start, _ in chunks] == [0, 5, 10, 15, 20]
-    assert [ids for _, part in chunks for ids in part] == encoder.encode_pre(texts)
-    np.testing.assert_allclose(encoder.encode(texts, max_tokens=64, max_batch=4), whole, atol=1e-5)
-    assert encoder.encode([], max_tokens=64).shape == (0, encoder.dim)
+def test_no_texts_give_no_rows(tiny_bert_path):
+    encoder = HFEncoder(EncoderSpec(model=tiny_bert_path, layers=(1, -1), precision="fp32"))
+    assert encoder.encode([]).shape == (0, encoder.dim)
 
 
 def test_padded_lengths_are_rounded_and_the_extra_padding_changes_nothing(tiny_bert_path):
