@@ -72,8 +72,8 @@ PAD_TO_MULTIPLE_OF = 8
 # BERT-base-sized model 7.5k at 32k and 11.2k at 65k ("GPU path" in docs/BENCHMARKS.md). So on CUDA
 # the budget is the largest power of two, up to CUDA_BATCH_BUDGET's, whose activations fit in a
 # share of the memory left free once the weights are loaded: a 7B decoder on a 24 GB card gets less.
-# The whole input is tokenized before the first pass: tokenizing 2,048-8,192-text chunks in a thread
-# while the device ran was slower on the H200 (15.0-17.9k against 18.2k texts/s, docs/BENCHMARKS.md).
+# The whole input is tokenized before the first pass: tokenizing chunks in a thread while the device
+# ran did not help on an H200 (2,048-4,096-text chunks 12-18 % slower, 8,192 tied; docs/BENCHMARKS.md).
 CPU_BATCH_BUDGET = (4096, 32)
 CUDA_BATCH_BUDGET = (131072, 2048)
 CUDA_MIN_TOKENS = 4096
