@@ -9,6 +9,7 @@ same texts and model as the bare in-process encoder. Needs Redis and Postgres on
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -83,6 +84,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5, help="throughput runs of each kind (median reported)")
     parser.add_argument("--latency-jobs", type=int, default=200, help="one-text jobs, one after another")
     parser.add_argument("--precision", default="auto", help="encoder precision (auto, fp32, bf16)")
+    parser.add_argument("--embed-processes", type=int, default=1,
+                        help="embed worker processes (a prefork pool), each with cores / N torch threads")
     parser.add_argument("--out", default="bench/out/pipeline_throughput.json")
     args = parser.parse_args()
 
@@ -107,7 +110,12 @@ def main() -> int:
 
                 env = {"FUSIONQ_DATABASE_URL": settings.database_url, "FUSIONQ_BROKER_URL": REDIS,
                        "FUSIONQ_ARTIFACT_DIR": str(settings.artifact_dir), "HF_HUB_OFFLINE": "1"}
-                procs.append(start_worker("embed", env=env, log_dir=tmp / "logs"))
+                if args.embed_processes > 1:
+                    threads = str(max(1, (os.cpu_count() or 1) // args.embed_processes))
+                    procs.append(start_worker("embed", env={**env, "FUSIONQ_TORCH_THREADS": threads}, log_dir=tmp / "logs",
+                                              concurrency=args.embed_processes, pool="prefork"))
+                else:
+                    procs.append(start_worker("embed", env=env, log_dir=tmp / "logs"))
                 procs.append(start_worker("fusion", env={**env, "FUSIONQ_TORCH_THREADS": "1"}, log_dir=tmp / "logs"))
                 with FusionqClient(settings) as client:
                     client.wait(client.submit(texts[:64], "bench"), timeout=300)  # workers load their models
