@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,16 @@ from shared.fusion.predict import decide_from_probabilities  # noqa: E402
 from shared.textio import read_labelled  # noqa: E402
 
 
+def load_run(path: Path) -> dict:
+    """{"probabilities": [N, C] array, "labels": [C names]} from a saved run; ValueError if it is not one."""
+    try:
+        with np.load(path) as run:
+            return {"probabilities": np.asarray(run["probabilities"], dtype=np.float64),
+                    "labels": [str(x) for x in run["labels"]]}
+    except (KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path} is not a run saved by fusion_accuracy.py --probabilities-dir ({exc})") from exc
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="+", type=Path, help=".npz files saved by fusion_accuracy.py")
@@ -34,20 +45,19 @@ def main() -> int:
     args = parser.parse_args()
     try:
         test = read_labelled(args.test)
-        members = [np.load(path) for path in args.runs]
+        members = [load_run(path) for path in args.runs]
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    labels = [str(x) for x in members[0]["labels"]]
-    for path, member in zip(args.runs, members):
-        if [str(x) for x in member["labels"]] != labels or member["probabilities"].shape != (len(test.texts),
-                                                                                               len(labels)):
-            print(f"error: {path} does not hold {len(test.texts)} x {len(labels)} probabilities over the labels "
-                  f"of {args.runs[0]}: is it a run on {args.test}?", file=sys.stderr)
-            return 2
     if test.multi_label:
         print("error: ensembles are scored for single-label data sets only", file=sys.stderr)
         return 2
+    labels = members[0]["labels"]
+    for path, member in zip(args.runs, members):
+        if member["labels"] != labels or member["probabilities"].shape != (len(test.texts), len(labels)):
+            print(f"error: {path} does not hold {len(test.texts)} x {len(labels)} probabilities over the labels "
+                  f"of {args.runs[0]}: is it a run on {args.test}?", file=sys.stderr)
+            return 2
     rows = {"_machine": machine(), "test": str(args.test), "members": {}, "ensemble": None}
     for path, member in zip(args.runs, members):
         decision = decide_from_probabilities(member["probabilities"], multi_label=False)
