@@ -1,7 +1,7 @@
 """Hugging Face encoders (BERT-style or decoder LLMs) as frozen feature extractors.
 
 Work is split as in infinity's encoders: ``encode_pre`` tokenizes (CPU), ``encode_core`` runs
-the model, ``encode_post`` pools the chosen hidden states. torch and transformers are imported
+the model, ``pooled`` pools the chosen hidden states. torch and transformers are imported
 here, lazily, so importing ``shared`` never initialises CUDA.
 """
 
@@ -234,10 +234,6 @@ class HFEncoder:
         import torch
 
         return torch.cat([pool(h.float(), mask, self.spec.pooling) for h in hidden_states], dim=-1)
-
-    def encode_post(self, hidden_states, mask) -> np.ndarray:
-        """Pool each chosen layer and concatenate: [batch, dim] float32."""
-        return self.pooled(hidden_states, mask).cpu().numpy().astype(np.float32, copy=False)
 
     def encode(
         self,

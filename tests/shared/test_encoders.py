@@ -42,7 +42,7 @@ def test_padded_lengths_are_rounded_and_the_extra_padding_changes_nothing(tiny_b
     assert mask.shape[1] % PAD_TO_MULTIPLE_OF == 0 and mask.shape[1] > len(ids[0])
     with torch.inference_mode():
         exact = encoder.model(input_ids=torch.tensor(ids), output_hidden_states=True).hidden_states[-1].mean(1)
-    np.testing.assert_allclose(encoder.encode_post(hidden, mask), exact.numpy(), atol=1e-5)
+    np.testing.assert_allclose(encoder.pooled(hidden, mask).numpy(), exact.numpy(), atol=1e-5)
 
 
 def test_decoder_last_token_pooling_ignores_padding(tiny_decoder_path):
@@ -178,7 +178,6 @@ def test_cuda_token_budget_shrinks_to_the_memory_left_free():
     assert tokens == 16384 and tokens * 41 * 4096 * 2 <= 24 * gib / 4 and texts == CUDA_BATCH_BUDGET[1]
     assert default_budget(cuda, free_bytes=1, bytes_per_token=10**6)[0] == CUDA_MIN_TOKENS  # never below the floor
     assert default_budget(torch.device("cpu"), free_bytes=gib, bytes_per_token=1) == (4096, 32)
-
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
