@@ -231,8 +231,10 @@ def main() -> int:
         entry = results.get(name, {})
         entry["sizes"] = {"train": len(train.texts), "validation": len(dev.texts), "test": len(test.texts)}
         ft = FinetuneConfig(method="full", epochs=args.finetune_epochs, learning_rate=args.finetune_lr, seed=args.seed)
-        saved = lambda variant: (args.probabilities_dir / f"{name}_{variant}_seed{args.seed}.npz"  # noqa: E731
-                                 if args.probabilities_dir else None)
+
+        def saved(variant: str, name: str = name) -> Path | None:  # where a run's test probabilities go
+            return args.probabilities_dir / f"{name}_{variant}_seed{args.seed}.npz" if args.probabilities_dir else None
+
         if "frozen" in args.variants.split(","):
             clf, entry["frozen"] = fit_and_test(f"{name} frozen", train, dev, test, encoder=encoder,
                                                 settings=settings, training=training,

@@ -122,12 +122,12 @@ def main() -> int:
 
                 env = {"FUSIONQ_DATABASE_URL": settings.database_url, "FUSIONQ_BROKER_URL": REDIS,
                        "FUSIONQ_ARTIFACT_DIR": str(settings.artifact_dir), "HF_HUB_OFFLINE": "1"}
+                embed_env, pool = env, {}
                 if args.embed_processes > 1:  # its children's CPU is counted in other_cpu_s, not embed_worker
                     threads = str(max(1, (os.cpu_count() or 1) // args.embed_processes))
-                    procs.append(start_worker("embed", env={**env, "FUSIONQ_TORCH_THREADS": threads},
-                                              log_dir=tmp / "logs", concurrency=args.embed_processes, pool="prefork"))
-                else:
-                    procs.append(start_worker("embed", env=env, log_dir=tmp / "logs"))
+                    embed_env = {**env, "FUSIONQ_TORCH_THREADS": threads}
+                    pool = {"concurrency": args.embed_processes, "pool": "prefork"}
+                procs.append(start_worker("embed", env=embed_env, log_dir=tmp / "logs", **pool))
                 procs.append(start_worker("fusion", env={**env, "FUSIONQ_TORCH_THREADS": "1"}, log_dir=tmp / "logs"))
                 with FusionqClient(settings) as client:
                     client.wait(client.submit(texts[:64], "bench"), timeout=300)  # workers load their models
