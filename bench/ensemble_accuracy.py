@@ -5,6 +5,11 @@ Each input is an ``.npz`` that ``bench/fusion_accuracy.py --probabilities-dir`` 
 members are whatever runs were named, all of them: nothing is selected on test. Single-label
 data sets only (the average of probabilities is argmaxed).
 
+An average of calibrated members is under-confident where they disagree. When every member also
+saved the same validation rows (``fusion_accuracy.py --split-seed`` shared), the average is
+calibrated again: one temperature on the log of the averaged probabilities, fitted on those rows
+(``ensemble_calibrated``); otherwise that entry says why it is missing.
+
     python bench/ensemble_accuracy.py --test ../shared/data/ag_news/test.csv \\
         --out bench-results/ensemble.json runs/ag_news-4k_finetuned_seed*.npz
 """
@@ -18,12 +23,14 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import machine  # noqa: E402
 from bench.fusion_accuracy import score  # noqa: E402
-from shared.fusion.predict import decide_from_probabilities  # noqa: E402
+from shared.fusion.calibration import fit_temperature  # noqa: E402
+from shared.fusion.predict import decide, decide_from_probabilities  # noqa: E402
 from shared.textio import read_labelled  # noqa: E402
 
 
@@ -31,10 +38,32 @@ def load_run(path: Path) -> dict:
     """{"probabilities": [N, C] array, "labels": [C names]} from a saved run; ValueError if it is not one."""
     try:
         with np.load(path) as run:
-            return {"probabilities": np.asarray(run["probabilities"], dtype=np.float64),
-                    "labels": [str(x) for x in run["labels"]]}
+            out = {"probabilities": np.asarray(run["probabilities"], dtype=np.float64),
+                   "labels": [str(x) for x in run["labels"]], "validation": None}
+            if "validation_probabilities" in run:  # saved since the ensembles are calibrated
+                out["validation"] = {"probabilities": np.asarray(run["validation_probabilities"], dtype=np.float64),
+                                     "labels": [str(x) for x in run["validation_labels"]],
+                                     "digest": str(run["validation_digest"])}
+            return out
     except (KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{path} is not a run saved by fusion_accuracy.py --probabilities-dir ({exc})") from exc
+
+
+def calibrate_average(members: list[dict], labels: list[str]) -> tuple[float | None, str]:
+    """(temperature for the log of the averaged probabilities, how it was fitted) from the members'
+    shared validation rows; (None, why not) when they do not share them."""
+    saved = [m["validation"] for m in members]
+    if any(v is None for v in saved):
+        return None, "a member saved no validation rows (run before fusion_accuracy.py saved them)"
+    if len({v["digest"] for v in saved}) > 1:
+        return None, "the members' validation rows differ (give fusion_accuracy.py the same --split-seed)"
+    index = {name: i for i, name in enumerate(labels)}
+    if any(name not in index for name in saved[0]["labels"]):
+        return None, "a validation label is not among the test labels"
+    mean = np.mean([v["probabilities"] for v in saved], axis=0)
+    targets = torch.tensor([index[name] for name in saved[0]["labels"]])
+    log_p = torch.from_numpy(np.log(np.clip(mean, 1e-12, 1.0)))
+    return fit_temperature(log_p, targets, multi_label=False), f"fitted on {len(targets)} shared validation rows"
 
 
 def main() -> int:
@@ -64,6 +93,11 @@ def main() -> int:
         rows["members"][path.name] = score(decision, test, labels, False)
     mean = np.mean([m["probabilities"] for m in members], axis=0)
     rows["ensemble"] = score(decide_from_probabilities(mean, multi_label=False), test, labels, False)
+    temperature, how = calibrate_average(members, labels)
+    rows["ensemble_calibrated"] = {"temperature": None if temperature is None else round(temperature, 4), "how": how}
+    if temperature is not None:
+        logits = np.log(np.clip(mean, 1e-12, 1.0)) / temperature
+        rows["ensemble_calibrated"].update(score(decide(logits, multi_label=False), test, labels, False))
     accuracies = [m["accuracy"] for m in rows["members"].values()]
     rows["member_accuracy_mean_sd"] = [round(float(np.mean(accuracies)), 4), round(float(np.std(accuracies, ddof=1)), 4)
                                        if len(accuracies) > 1 else None]
@@ -71,7 +105,8 @@ def main() -> int:
     args.out.write_text(json.dumps(rows, indent=2))
     for name, row in rows["members"].items():
         print(f"{name}: {row}")
-    print(f"ensemble of {len(members)}: {rows['ensemble']}\nwrote {args.out}")
+    print(f"ensemble of {len(members)}: {rows['ensemble']}\ncalibrated again: {rows['ensemble_calibrated']}\n"
+          f"wrote {args.out}")
     return 0
 
 

@@ -14,6 +14,7 @@ evaluated on the full 7,600-text test split; ``ag_news-full`` uses all 18,615 tr
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -123,10 +124,20 @@ def fit_and_test(name, train, dev, test, *, encoder, settings, finetune=None, tr
            "self_training": clf.report_.get("self_training"),
            "report": clf.report_}
     if probabilities_to is not None:  # for bench/ensemble_accuracy.py
-        probabilities_to.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(probabilities_to, probabilities=batch.decision.probabilities, labels=np.array(labels))
+        save_probabilities(probabilities_to, clf, batch.decision.probabilities, dev)
     print(f"  {name}: {row['test']} in {fit_s:.0f}s, chosen {row['chosen']}", flush=True)
     return clf, row
+
+
+def save_probabilities(path: Path, clf: AutoFusionClassifier, test_probabilities: np.ndarray,
+                       dev: LabelledData) -> None:
+    """One run's calibrated test probabilities, and its validation rows' (probabilities, first label,
+    a digest of the texts): runs that share those rows can be calibrated together as an ensemble."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, probabilities=test_probabilities, labels=np.array(clf.artifact_.labels),
+             validation_probabilities=clf.predict_batch(dev.texts).decision.probabilities,
+             validation_labels=np.array([names[0] for names in dev.labels]),
+             validation_digest=np.array(hashlib.sha256("\n".join(dev.texts).encode()).hexdigest()))
 
 
 def layer_probes_on_test(part_of: Callable[[int, int], np.ndarray], layers: list[int], y_train: np.ndarray,
@@ -196,7 +207,11 @@ def main() -> int:
     parser.add_argument("--finetune-lr", type=float, default=1e-4)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--device", default=None)
-    parser.add_argument("--seed", type=int, default=TrainingConfig().seed, help="training seed (heads, split)")
+    parser.add_argument("--seed", type=int, default=TrainingConfig().seed,
+                        help="training seed (fine-tuning, heads; the split too unless --split-seed)")
+    parser.add_argument("--split-seed", type=int, default=None,
+                        help="seed of the train/validation split (default: --seed); runs that share it share "
+                             "validation rows, on which bench/ensemble_accuracy.py calibrates their average")
     parser.add_argument("--out", default="bench-results/fusion_accuracy.json")
     parser.add_argument("--probabilities-dir", type=Path, default=None,
                         help="also save each run's calibrated test probabilities here, as DATASET_VARIANT_seedN.npz "
@@ -211,6 +226,7 @@ def main() -> int:
     results["_machine"] = machine()
     print(f"CPU: {results['_machine']['cpu']}", flush=True)
     data_dir = Path(args.data_dir)
+    split_seed = training.seed if args.split_seed is None else args.split_seed
     unknown = sorted(set(args.datasets.split(",")) - set(DATASETS))
     if unknown:
         print(f"error: unknown dataset(s) {', '.join(unknown)}; known: {', '.join(DATASETS)}", file=sys.stderr)
@@ -225,11 +241,12 @@ def main() -> int:
         else:  # the same stratified split AutoFusionClassifier would carve, made here so the tables can reuse it
             labels = train.label_names()
             targets = encode_targets(train.labels, labels, multi_label=train.multi_label)
-            tr, va = split_train_validation(targets, val_fraction=training.val_fraction, seed=training.seed)
+            tr, va = split_train_validation(targets, val_fraction=training.val_fraction, seed=split_seed)
             train, dev = subset(train, tr, f"{train.source} train part"), subset(train, va, f"{train.source} validation")
         print(f"{name}: {len(train.texts)} train / {len(dev.texts)} validation / {len(test.texts)} test", flush=True)
         entry = results.get(name, {})
-        entry["sizes"] = {"train": len(train.texts), "validation": len(dev.texts), "test": len(test.texts)}
+        entry["sizes"] = {"train": len(train.texts), "validation": len(dev.texts), "test": len(test.texts),
+                          "split_seed": None if dev_file else split_seed}
         ft = FinetuneConfig(method="full", epochs=args.finetune_epochs, learning_rate=args.finetune_lr, seed=args.seed)
 
         def saved(variant: str, name: str = name) -> Path | None:  # where a run's test probabilities go
