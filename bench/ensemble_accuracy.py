@@ -44,6 +44,8 @@ def load_run(path: Path) -> dict:
                 out["validation"] = {"probabilities": np.asarray(run["validation_probabilities"], dtype=np.float64),
                                      "labels": [str(x) for x in run["validation_labels"]],
                                      "digest": str(run["validation_digest"])}
+                if out["validation"]["probabilities"].shape != (len(out["validation"]["labels"]), len(out["labels"])):
+                    raise ValueError("its validation probabilities do not match its validation labels")
             return out
     except (KeyError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{path} is not a run saved by fusion_accuracy.py --probabilities-dir ({exc})") from exc
@@ -55,7 +57,7 @@ def calibrate_average(members: list[dict], labels: list[str]) -> tuple[float | N
     saved = [m["validation"] for m in members]
     if any(v is None for v in saved):
         return None, "a member saved no validation rows (run before fusion_accuracy.py saved them)"
-    if len({v["digest"] for v in saved}) > 1:
+    if len({(v["digest"], tuple(v["labels"])) for v in saved}) > 1:
         return None, "the members' validation rows differ (give fusion_accuracy.py the same --split-seed)"
     index = {name: i for i, name in enumerate(labels)}
     if any(name not in index for name in saved[0]["labels"]):
