@@ -10,6 +10,7 @@ from shared.db.models import Classifier
 from shared.service.autofusion import AutoFusionClassifier
 from shared.settings import Settings
 from shared.textio import LabelledData
+from shared.threads import run_on_own_thread
 
 
 @dataclass(frozen=True)
@@ -79,9 +80,12 @@ def train_classifier(*, settings: Settings, name: str, data: LabelledData, dev: 
     """Fit an :class:`AutoFusionClassifier` (``options`` are its arguments; ``unlabeled``: texts for
     self-training), save ``NAME/vN``, register it."""
     started = time.perf_counter()
-    classifier = AutoFusionClassifier(settings=settings, show_progress=show_progress, **options).fit(
-        data, dev, unlabeled=unlabeled)
-    row = classifier.publish(name)
+    classifier = AutoFusionClassifier(settings=settings, show_progress=show_progress, **options)
+    # fit and publish (which saves and reloads tensors) on threads that end: the caller's thread
+    # keeps no OpenMP team to slow an embedded worker's encoders in this process (shared.threads).
+    # Ctrl-C stops a fit at once (it writes only temporary files) but lets a publish finish or undo itself.
+    run_on_own_thread(lambda: classifier.fit(data, dev, unlabeled=unlabeled), name="fusionq-fit")
+    row = run_on_own_thread(lambda: classifier.publish(name), name="fusionq-publish", finish_when_interrupted=True)
     return TrainingResult(classifier=row, artifact_dir=Path(row.artifact_uri),
                           validation=classifier.report_["validation"], report=classifier.report_,
                           seconds=time.perf_counter() - started)

@@ -1,0 +1,49 @@
+"""Running torch work on a thread that ends with it.
+
+PyTorch's CPU build runs its intra-op parallelism on OpenMP, and OpenMP keeps a team of threads
+for every thread that ever ran a parallel operation, for as long as that thread lives. Two live
+teams on cores that one team already fills slow every operation: the embedded worker encoded 15 %
+slower once the main thread had trained a classifier, though the main thread was only waiting
+(2-core AMX VM, docs/BENCHMARKS.md, issue 10, eighth session). The likely cause: GNU OpenMP, seeing
+more of its threads than cores, stops spinning between operations, so each waits for its team to
+wake. Work done on a thread that then ends leaves no team behind.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def run_on_own_thread(work: Callable[[], T], *, name: str, finish_when_interrupted: bool = False) -> T:
+    """``work()`` on a new thread that ends when it returns; its result, or its exception raised here.
+
+    Interrupted (Ctrl-C), the caller stops at once and the thread, a daemon, dies with the process:
+    for work that writes nothing that outlives it. With ``finish_when_interrupted`` the caller
+    first waits for the thread, so a write under way completes or cleans up after itself."""
+    outcome: dict[str, object] = {}
+    finished = threading.Event()  # not Thread.join: an interrupted join marks a live thread as ended (3.11)
+
+    def target() -> None:
+        try:
+            outcome["value"] = work()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, re-raised there
+            outcome["error"] = exc
+        finally:
+            finished.set()
+
+    thread = threading.Thread(target=target, name=name, daemon=not finish_when_interrupted)
+    thread.start()  # a Ctrl-C inside start() leaves a non-daemon thread that the interpreter still waits for
+    try:
+        finished.wait()
+    except KeyboardInterrupt:
+        if finish_when_interrupted:
+            finished.wait()
+        raise
+    thread.join()  # gone, and its OpenMP team with it, before the caller goes on
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["value"]  # type: ignore[return-value]

@@ -1,0 +1,51 @@
+"""shared.threads: work on a thread that ends with it, its result or error handed back."""
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from shared.threads import run_on_own_thread
+
+
+def test_the_result_comes_back_from_a_thread_that_has_ended():
+    ran_on = []
+
+    def work():
+        ran_on.append(threading.current_thread())
+        return 42
+
+    assert run_on_own_thread(work, name="fusionq-test") == 42
+    assert ran_on[0] is not threading.current_thread() and ran_on[0].name == "fusionq-test"
+    ran_on[0].join(timeout=5)  # it has handed its result over; it ends right after
+    assert not ran_on[0].is_alive()
+
+
+def test_an_error_is_raised_in_the_caller_as_it_was():
+    error = ValueError("bad fit")
+
+    def work():
+        raise error
+
+    with pytest.raises(ValueError) as raised:
+        run_on_own_thread(work, name="fusionq-test")
+    assert raised.value is error
+
+
+@pytest.mark.parametrize("finish", [True, False])
+def test_ctrl_c_waits_for_a_write_but_not_for_other_work(finish):
+    """Ctrl-C (a real SIGINT) reaches the caller while the work runs: a write is let finish first."""
+    done = threading.Event()
+
+    def work():
+        time.sleep(0.05)  # the caller is waiting for the thread by then, as it is through any real fit
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.3)
+        done.set()
+
+    with pytest.raises(KeyboardInterrupt):
+        run_on_own_thread(work, name="fusionq-test", finish_when_interrupted=finish)
+    assert done.is_set() is finish
+    done.wait(2)  # the other thread's sleep ends before the next test
