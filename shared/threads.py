@@ -11,6 +11,7 @@ wake. Work done on a thread that then ends leaves no team behind.
 
 from __future__ import annotations
 
+import ctypes
 import threading
 from collections.abc import Callable
 from typing import TypeVar
@@ -21,9 +22,11 @@ T = TypeVar("T")
 def run_on_own_thread(work: Callable[[], T], *, name: str, finish_when_interrupted: bool = False) -> T:
     """``work()`` on a new thread that ends when it returns; its result, or its exception raised here.
 
-    Interrupted (Ctrl-C), the caller stops at once and the thread, a daemon, dies with the process:
-    for work that writes nothing that outlives it. With ``finish_when_interrupted`` the caller
-    first waits for the thread, so a write under way completes or cleans up after itself."""
+    Ctrl-C reaches the caller, not the thread: the caller then raises KeyboardInterrupt in the
+    thread too, so ``work`` stops at its next Python line and unwinds as it would have on the
+    caller's thread, and waits for that before re-raising (a thread still inside torch when the
+    interpreter exits aborts the process). With ``finish_when_interrupted`` the work is let finish
+    instead: a write under way completes or cleans up after itself."""
     outcome: dict[str, object] = {}
     finished = threading.Event()  # not Thread.join: an interrupted join marks a live thread as ended (3.11)
 
@@ -35,15 +38,21 @@ def run_on_own_thread(work: Callable[[], T], *, name: str, finish_when_interrupt
         finally:
             finished.set()
 
-    thread = threading.Thread(target=target, name=name, daemon=not finish_when_interrupted)
-    thread.start()  # a Ctrl-C inside start() leaves a non-daemon thread that the interpreter still waits for
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
     try:
         finished.wait()
     except KeyboardInterrupt:
-        if finish_when_interrupted:
-            finished.wait()
+        if not finish_when_interrupted:
+            _raise_in(thread, KeyboardInterrupt)
+        finished.wait()
         raise
     thread.join()  # gone, and its OpenMP team with it, before the caller goes on
     if "error" in outcome:
         raise outcome["error"]  # type: ignore[misc]
     return outcome["value"]  # type: ignore[return-value]
+
+
+def _raise_in(thread: threading.Thread, exception: type[BaseException]) -> None:
+    """Raise ``exception`` in ``thread`` at its next bytecode (CPython's asynchronous exception)."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(exception))

@@ -83,7 +83,7 @@ def train_classifier(*, settings: Settings, name: str, data: LabelledData, dev: 
     classifier = AutoFusionClassifier(settings=settings, show_progress=show_progress, **options)
     # fit and publish (which saves and reloads tensors) on threads that end: the caller's thread
     # keeps no OpenMP team to slow an embedded worker's encoders in this process (shared.threads).
-    # Ctrl-C stops a fit at once (it writes only temporary files) but lets a publish finish or undo itself.
+    # Ctrl-C stops a fit where it is (as on the caller's thread) but lets a publish finish or undo itself.
     run_on_own_thread(lambda: classifier.fit(data, dev, unlabeled=unlabeled), name="fusionq-fit")
     row = run_on_own_thread(lambda: classifier.publish(name), name="fusionq-publish", finish_when_interrupted=True)
     return TrainingResult(classifier=row, artifact_dir=Path(row.artifact_uri),
