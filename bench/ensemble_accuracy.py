@@ -51,6 +51,11 @@ def load_run(path: Path) -> dict:
         raise ValueError(f"{path} is not a run saved by fusion_accuracy.py --probabilities-dir ({exc})") from exc
 
 
+def log_of_mean(probabilities: list[np.ndarray]) -> np.ndarray:
+    """The log of the members' averaged probabilities: the ensemble's logits (for a temperature)."""
+    return np.log(np.clip(np.mean(probabilities, axis=0), 1e-12, 1.0))
+
+
 def calibrate_average(members: list[dict], labels: list[str]) -> tuple[float | None, str]:
     """(temperature for the log of the averaged probabilities, how it was fitted) from the members'
     shared validation rows; (None, why not) when they do not share them."""
@@ -62,10 +67,9 @@ def calibrate_average(members: list[dict], labels: list[str]) -> tuple[float | N
     index = {name: i for i, name in enumerate(labels)}
     if any(name not in index for name in saved[0]["labels"]):
         return None, "a validation label is not among the test labels"
-    mean = np.mean([v["probabilities"] for v in saved], axis=0)
     targets = torch.tensor([index[name] for name in saved[0]["labels"]])
-    log_p = torch.from_numpy(np.log(np.clip(mean, 1e-12, 1.0)))
-    return fit_temperature(log_p, targets, multi_label=False), f"fitted on {len(targets)} shared validation rows"
+    logits = torch.from_numpy(log_of_mean([v["probabilities"] for v in saved]))
+    return fit_temperature(logits, targets, multi_label=False), f"fitted on {len(targets)} shared validation rows"
 
 
 def main() -> int:
@@ -93,13 +97,12 @@ def main() -> int:
     for path, member in zip(args.runs, members):
         decision = decide_from_probabilities(member["probabilities"], multi_label=False)
         rows["members"][path.name] = score(decision, test, labels, False)
-    mean = np.mean([m["probabilities"] for m in members], axis=0)
-    rows["ensemble"] = score(decide_from_probabilities(mean, multi_label=False), test, labels, False)
+    logits = log_of_mean([m["probabilities"] for m in members])
+    rows["ensemble"] = score(decide(logits, multi_label=False), test, labels, False)
     temperature, how = calibrate_average(members, labels)
     rows["ensemble_calibrated"] = {"temperature": None if temperature is None else round(temperature, 4), "how": how}
     if temperature is not None:
-        logits = np.log(np.clip(mean, 1e-12, 1.0)) / temperature
-        rows["ensemble_calibrated"].update(score(decide(logits, multi_label=False), test, labels, False))
+        rows["ensemble_calibrated"].update(score(decide(logits / temperature, multi_label=False), test, labels, False))
     accuracies = [m["accuracy"] for m in rows["members"].values()]
     rows["member_accuracy_mean_sd"] = [round(float(np.mean(accuracies)), 4), round(float(np.std(accuracies, ddof=1)), 4)
                                        if len(accuracies) > 1 else None]
