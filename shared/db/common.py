@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +36,21 @@ def insert_ignoring_conflicts(session: Session, model: type, rows: Sequence[dict
     insert = dialect_insert(session)
     # on the session's connection (Core): the ORM's bulk-insert machinery costs more than the write
     session.connection().execute(insert(model.__table__).on_conflict_do_nothing(index_elements=list(keys)), list(rows))
+
+
+def json_rows(rows: Sequence[dict]) -> str:
+    """Rows as one JSON document, for Postgres' ``json_to_recordset``: a bulk write then costs the
+    client one parameter, not one per value (psycopg adapts lists element by element in Python:
+    ~20 ms for a 2,000-item job's six columns, against ~2 ms for this). Timestamps go as ISO 8601
+    with their zone. Stored texts hold no NUL and no lone surrogate (``text_problem`` refuses both),
+    so every one survives the trip."""
+    return json.dumps(rows, ensure_ascii=False, default=_iso_timestamp)
+
+
+def _iso_timestamp(value):
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 @dataclass(frozen=True)

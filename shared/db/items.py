@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from shared.db.common import ClaimedItem, claimable, insert_ignoring_conflicts, lease_end, on_postgres
+from shared.db.common import ClaimedItem, claimable, insert_ignoring_conflicts, json_rows, lease_end, on_postgres
 from shared.db.jobs import job_not_found, job_with_classifier
 from shared.db.models import Classifier, Item, ItemFeatures, Job, Prediction, utcnow
 from shared.dispatch import chunks
@@ -154,21 +154,46 @@ def store_predictions(*, session: Session, rows: Sequence[dict],
     ``from_statuses``: where the items may come from (the embed stage finishes fast items straight
     from pending, under its claim ``token``). Only items that move now get a prediction, so a late
     or repeated writer adds none. Core statements on the session's connection: the hot path skips the ORM."""
+    postgres = on_postgres(session)
     params = {"the_ids": [r["item_id"] for r in rows], "from_statuses": [str(s) for s in from_statuses],
               "the_time": utcnow(), **({} if token is None else {"the_token": token})}
-    moved = set(session.connection().execute(_finish_statement(token is not None), params).scalars())
-    insert_ignoring_conflicts(session, Prediction, [r for r in rows if r["item_id"] in moved], keys=("item_id",))
+    moved = set(session.connection().execute(_finish_statement(token is not None, postgres), params).scalars())
+    finished = [r for r in rows if r["item_id"] in moved]
+    if postgres and finished:
+        session.connection().execute(_INSERT_PREDICTIONS_FROM_JSON, {"the_rows": json_rows(finished)})
+    else:
+        insert_ignoring_conflicts(session, Prediction, finished, keys=("item_id",))
     return len(moved)
 
 
+# Postgres: a task's predictions travel as one JSON document (json_rows) that Postgres takes apart:
+# a 1,024-row multi-VALUES insert spent ~20 ms of Python adapting its 8,000 parameters. The same
+# rows and the same ON CONFLICT guard as insert_ignoring_conflicts.
+_INSERT_PREDICTIONS_FROM_JSON = sa.text("""
+    INSERT INTO predictions (item_id, labels, probabilities, confidence, signals, flags, latency_ms, created_at)
+    SELECT r.item_id, r.labels, r.probabilities, r.confidence, r.signals, r.flags, r.latency_ms, r.created_at
+    FROM json_to_recordset(CAST(:the_rows AS json))
+         AS r(item_id bigint, labels json, probabilities json, confidence float8, signals json, flags json,
+              latency_ms float8, created_at timestamptz)
+    ON CONFLICT (item_id) DO NOTHING""")
+
+
 @functools.cache
-def _finish_statement(fenced: bool):
-    """:func:`store_predictions`' UPDATE of the items, built once (expanding lists suit both dialects)."""
+def _finish_statement(fenced: bool, postgres: bool):
+    """:func:`store_predictions`' UPDATE of the items, built once. On Postgres the ids and statuses
+    travel as arrays (one parameter each, one prepared plan for every batch size); SQLite expands lists."""
     items = Item.__table__
     fence = (items.c.claim_token == sa.bindparam("the_token", type_=sa.BigInteger),) if fenced else ()
+    if postgres:
+        from sqlalchemy.dialects.postgresql import ARRAY
+
+        which = (items.c.id == sa.any_(sa.bindparam("the_ids", type_=ARRAY(sa.BigInteger))),
+                 items.c.status == sa.any_(sa.bindparam("from_statuses", type_=ARRAY(sa.String))))
+    else:
+        which = (items.c.id.in_(sa.bindparam("the_ids", expanding=True)),
+                 items.c.status.in_(sa.bindparam("from_statuses", expanding=True)))
     return (sa.update(items)
-            .where(items.c.id.in_(sa.bindparam("the_ids", expanding=True)),
-                   items.c.status.in_(sa.bindparam("from_statuses", expanding=True)), *fence)
+            .where(*which, *fence)
             .values(status=ItemStatus.DONE.value, lease_until=None,
                     updated_at=sa.bindparam("the_time", type_=items.c.updated_at.type))
             .returning(items.c.id))

@@ -5,9 +5,10 @@ from alembic.runtime.migration import MigrationContext
 
 from shared.db import engine as db
 from shared.db.common import insert_ignoring_conflicts
+from shared.db.items import store_predictions
 from shared.db.jobs import create_job, refresh_job
 from shared.service.submit import REFUSED_TEXT_PREFIX_CHARS, new_items
-from shared.db.models import Base, Classifier, Item, ItemFeatures, Job
+from shared.db.models import Base, Classifier, Item, ItemFeatures, Job, Prediction, utcnow
 from shared.db.registry import find_classifier, parse_classifier_ref
 from shared.errors import ClassifierNotFound, IdempotencyConflict, SchemaError
 
@@ -77,6 +78,47 @@ def test_bad_texts_become_failed_items_and_the_rest_stay_pending(db_settings):
         assert items[3].error.startswith(f"text has {len(huge):,} characters, above the limit of 100")
         assert items[3].text == huge[:REFUSED_TEXT_PREFIX_CHARS]  # a bounded prefix is stored, not the megabytes
         assert job.n_failed == 3 and job.status == "queued"
+
+
+# texts that a bulk write must carry verbatim: quotes and backslashes (JSON and SQL escapes),
+# newlines and tabs, non-ASCII and astral characters, JSON-looking and SQL-looking text
+AWKWARD_TEXTS = ['say "hi" \\ and \\n not a newline', "line one\nline two\tand a tab\r\n", "naïve café, 東京, 🤖 ok",
+                 '{"not": "json"}', "'); DROP TABLE items; --", "null", "   padded   "]
+
+
+def test_a_jobs_texts_are_stored_verbatim(db_settings):
+    """The bulk insert (one JSON document on Postgres, rows on SQLite) loses and changes nothing."""
+    with db.session_for(db_settings.effective_database_url) as session, session.begin():
+        job, _ = create_job(session=session, classifier=_classifier(session), mode="fast", idempotency_key=None,
+                            items=new_items(AWKWARD_TEXTS, max_chars=100), )
+        stored = session.execute(sa.select(Item.position, Item.text, Item.mode, Item.status, Item.error)
+                                 .where(Item.job_id == job.id).order_by(Item.position)).all()
+    assert [row.text for row in stored] == AWKWARD_TEXTS
+    assert {(row.mode, row.status, row.error) for row in stored} == {(None, "pending", None)}
+    assert [row.position for row in stored] == list(range(len(AWKWARD_TEXTS)))
+
+
+def test_predictions_are_stored_as_given_once(db_settings):
+    """store_predictions writes each row's values unchanged (one JSON document on Postgres, rows
+    on SQLite), only for items that move now: a second call, or one from the wrong status, adds nothing."""
+    with db.session_for(db_settings.effective_database_url) as session, session.begin():
+        job, _ = create_job(session=session, classifier=_classifier(session), mode="fast", idempotency_key=None,
+                            items=new_items(["a", "b", "c"], max_chars=100))
+        ids = session.scalars(sa.select(Item.id).where(Item.job_id == job.id).order_by(Item.position)).all()
+        session.execute(sa.update(Item).where(Item.id.in_(ids[:2])).values(status="embedded"))
+        now = utcnow()
+        rows = [{"item_id": item_id, "labels": labels, "probabilities": [0.123457, 0.876543], "confidence": 0.876543,
+                 "signals": ["encoder", "llm:local:logprobs"], "flags": flags, "latency_ms": 12.5, "created_at": now}
+                for item_id, labels, flags in zip(ids, (["b"], [], ["a", "b"]), ([], ["missing:llm:api"], []))]
+        assert store_predictions(session=session, rows=rows) == 2  # the third item is still pending
+        assert store_predictions(session=session, rows=rows) == 0
+        stored = session.scalars(sa.select(Prediction).order_by(Prediction.item_id)).all()
+        got = [{column: getattr(p, column) for column in rows[0]} for p in stored]
+        statuses = session.scalars(sa.select(Item.status).order_by(Item.position)).all()
+    for row in got:  # SQLite hands timestamps back without their zone
+        row["created_at"] = row["created_at"].replace(tzinfo=now.tzinfo)
+    assert got == rows[:2]
+    assert statuses == ["done", "done", "pending"]
 
 
 def test_upserts_are_idempotent_and_refresh_completes_the_job(db_settings):
