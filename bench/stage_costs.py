@@ -86,7 +86,9 @@ def main() -> int:
     parser.add_argument("--out", default="bench/out/stage_costs.json")
     args = parser.parse_args()
 
-    data_path = Path(args.data) if Path(args.data).is_file() else sample_dir() / "train.csv"
+    data_path = Path(args.data)
+    if not data_path.is_file():
+        parser.error(f"--data {data_path}: no such file (the team's ../shared/data, or any CSV with a text column)")
     texts = read_texts(data_path)[: args.n]
     spec = EncoderSpec(model="sentence-transformers/all-MiniLM-L6-v2")
     clock = StepClock()
