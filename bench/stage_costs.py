@@ -3,7 +3,7 @@
 What item 3 of issue 10 is made of once the encoder is fast: the submit of a job (its items stored
 and cut into tasks), and per embed task the claim and the finish of its fast items (the items
 marked done, their predictions inserted, the job counted, the commit). Each step is timed on its
-own, on a real Postgres, repeated, with the CPU it cost this process and Postgres' processes;
+own, on a real Postgres (or with ``--embedded`` the embedded default's SQLite file), repeated, with the CPU it cost this process and Postgres' processes;
 the model's decision is left out (made-up probabilities), so the figures are the database path's
 alone and repeat within a few percent on a quiet machine.
 
@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 
 from bench.common import _cpu_seconds, _pids_named, machine, scratch_services, write_result  # noqa: E402
 from bench.pipeline_throughput import positive_int  # noqa: E402
-from shared.db.engine import session_for  # noqa: E402
+from shared.db.engine import session_for, upgrade  # noqa: E402
 from shared.demo import sample_dir, stratified_sample  # noqa: E402
 from shared.encoders.spec import EncoderSpec  # noqa: E402
 from shared.fusion.artifact import get_artifact  # noqa: E402
@@ -83,6 +83,8 @@ def main() -> int:
     parser.add_argument("--data", default="../shared/data/ag_news/test.csv", help="CSV with a text column")
     parser.add_argument("--n", type=positive_int, default=2000, help="texts per job")
     parser.add_argument("--repeats", type=positive_int, default=20, help="jobs submitted and finished")
+    parser.add_argument("--embedded", action="store_true",
+                        help="the embedded default's SQLite file instead of Postgres (as `fusionq classify` with nothing configured)")
     parser.add_argument("--out", default="bench/out/stage_costs.json")
     args = parser.parse_args()
 
@@ -93,7 +95,10 @@ def main() -> int:
     spec = EncoderSpec(model="sentence-transformers/all-MiniLM-L6-v2")
     clock = StepClock()
     with scratch_services() as (database_url, tmp):
-        settings = Settings(home=tmp, database_url=database_url, artifact_dir=tmp / "artifacts")
+        settings = Settings(home=tmp, database_url=None if args.embedded else database_url,
+                            artifact_dir=tmp / "artifacts")
+        if args.embedded:
+            upgrade(settings.effective_database_url)
         print("training a small classifier (not timed) ...", flush=True)
         trained = train_classifier(settings=settings, name="bench", data=stratified_sample(
             read_labelled(sample_dir() / "train.csv"), 200), encoders=[spec], layers=spec.layers, fusion="concat",
@@ -112,7 +117,7 @@ def main() -> int:
                 assert done == len(batch), (done, len(batch))
                 tasks += 1
             print(f"job {run + 1}/{args.repeats}: {len(sends)} tasks", flush=True)
-    result = {**machine(), "texts_per_job": len(texts), "tasks": tasks, "data": str(data_path),
+    result = {**machine(), "database": "sqlite (embedded)" if args.embedded else "postgres", "texts_per_job": len(texts), "tasks": tasks, "data": str(data_path),
               "items_per_task": settings.embed_items_per_task, "steps": clock.summary()}
     write_result(result, args.out)
     return 0
