@@ -90,7 +90,7 @@ def claim_job_items(*, session: Session, job_id: uuid.UUID, item_ids: Sequence[i
 @functools.cache
 def _claim_with_job_statement():
     """:func:`claim_job_items`' statement, built once: constructing it cost more than running it.
-    The ids travel as one array, so every batch size shares one prepared statement. (Parameters
+    The ids travel as one array, so every batch size shares one statement text. (Parameters
     named after columns would become SET clauses of the UPDATE, hence ``the_``.)"""
     from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 
@@ -181,7 +181,7 @@ _INSERT_PREDICTIONS_FROM_JSON = sa.text("""
 @functools.cache
 def _finish_statement(fenced: bool, postgres: bool):
     """:func:`store_predictions`' UPDATE of the items, built once. On Postgres the ids and statuses
-    travel as arrays (one parameter each, one prepared plan for every batch size); SQLite expands lists."""
+    travel as arrays (one parameter each, one statement text for every batch size); SQLite expands lists."""
     items = Item.__table__
     fence = (items.c.claim_token == sa.bindparam("the_token", type_=sa.BigInteger),) if fenced else ()
     if postgres:
