@@ -40,6 +40,18 @@ def test_migration_matches_the_models(db_settings):
     assert diff == []
 
 
+def test_postgres_statements_are_planned_with_their_values(postgres_url):
+    """No statement is prepared server-side (psycopg would from its fifth use), so Postgres never
+    switches one to a generic plan, where ``id = ANY($1)`` is searched linearly row by row
+    (shared/db/engine.py; docs/BENCHMARKS.md has the timings)."""
+    db.upgrade(postgres_url)
+    with db.session_for(postgres_url) as session:
+        for _ in range(12):
+            session.execute(sa.select(Item.id).where(Item.id == sa.any_(sa.literal([1, 2, 3], sa.ARRAY(sa.BigInteger)))))
+            session.execute(sa.select(Item.id).where(Item.status == sa.bindparam("s")), {"s": "pending"})
+        assert session.scalar(sa.text("SELECT count(*) FROM pg_prepared_statements")) == 0
+
+
 def test_unmigrated_postgres_is_refused_with_the_command_to_run(postgres_url):
     with pytest.raises(SchemaError, match="fusionq db upgrade"):
         db.ensure_schema(postgres_url, auto_upgrade=False)
