@@ -58,9 +58,10 @@ def single_text_model_ms(spec: EncoderSpec, text: str, repeats: int = 20, pause_
 
 
 def embedded_rates(spec: EncoderSpec, train, texts: list[str], home: Path, repeats: int,
-                   settings: Settings) -> tuple[list[float], list[float]]:
+                   settings: Settings, one_text_jobs: int) -> tuple[list[float], list[float], list[float]]:
     """texts/s of the embedded default, as `fusionq classify` runs it with nothing configured, each
-    run right after a bare-encoder run here: (bare rates, embedded rates), paired.
+    run right after a bare-encoder run here: (bare rates, embedded rates), paired; then the ms from
+    submit to `wait` returning of ``one_text_jobs`` one-text jobs there, one after another.
 
     The embedded default runs in a process of its own, as the CLI does: in this one, whose main
     thread encodes the bare runs, its worker thread would be a second OpenMP team on the same cores,
@@ -81,12 +82,14 @@ def embedded_rates(spec: EncoderSpec, train, texts: list[str], home: Path, repea
             bare_rates.append(bare_encoder_rate(spec, texts, settings, 1))
             ours.send("run")
             rates.append(ours.recv())
+        ours.send(("one text", one_text_jobs))
+        one_text_ms = ours.recv()
         ours.send("stop")
     finally:
         child.join(timeout=60)
         if child.is_alive():
             child.kill()
-    return bare_rates, rates
+    return bare_rates, rates, one_text_ms
 
 
 def _embedded_child(conn, home: str, texts: list[str]) -> None:
@@ -94,10 +97,18 @@ def _embedded_child(conn, home: str, texts: list[str]) -> None:
     with FusionqClient(Settings(home=Path(home)), dispatcher_factory=dispatcher_for) as client:
         client.wait(client.submit(texts, "bench"), timeout=3600)
         conn.send("ready")
-        while conn.recv() == "run":
-            started = time.perf_counter()
-            client.wait(client.submit(texts, "bench"), timeout=3600)
-            conn.send(len(texts) / (time.perf_counter() - started))
+        while (order := conn.recv()) != "stop":
+            if order == "run":
+                started = time.perf_counter()
+                client.wait(client.submit(texts, "bench"), timeout=3600)
+                conn.send(len(texts) / (time.perf_counter() - started))
+            else:  # ("one text", n): n one-text jobs, each waited for
+                times = []
+                for n in range(order[1]):
+                    started = time.perf_counter()
+                    client.wait(client.submit([texts[n % len(texts)]], "bench"), timeout=60)
+                    times.append((time.perf_counter() - started) * 1000)
+                conn.send(times)
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -185,7 +196,8 @@ def main() -> int:
                         after_submit.append((finished - submitted) * 1000)
                         stored.append(client.results(job)[0].latency_ms)
                 print("embedded default (in-memory broker, worker thread, SQLite) ...", flush=True)
-                embedded_bare, embedded_runs = embedded_rates(spec, train, texts, tmp / "embedded", args.repeats, settings)
+                embedded_bare, embedded_runs, embedded_one_text = embedded_rates(
+                    spec, train, texts, tmp / "embedded", args.repeats, settings, one_text_jobs=50)
         finally:
             for proc in procs:
                 stop_worker(proc)
@@ -213,6 +225,9 @@ def main() -> int:
         # paired like ``ratio``: each embedded run over the bare run just before it
         "embedded_ratio": round(statistics.median(e / b for e, b in zip(embedded_runs, embedded_bare)), 3),
         "embedded_paired_ratios": [round(e / b, 3) for e, b in zip(embedded_runs, embedded_bare)],
+        # a one-text job on the embedded default, submit to `wait` returning (model included), 50 jobs
+        "embedded_one_text_job_ms_p50": round(_quantile(embedded_one_text, 0.5), 1),
+        "embedded_one_text_job_ms_p90": round(_quantile(embedded_one_text, 0.9), 1),
         "one_text_job_ms_median": round(statistics.median(observed), 1),
         "one_text_job_ms_p90": round(sorted(observed)[int(0.9 * (len(observed) - 1))], 1),
         "one_text_stored_latency_ms_median": round(statistics.median(stored), 1),
