@@ -186,6 +186,8 @@ def count_finished(*, session: Session, job_id: uuid.UUID, done: int = 0, failed
         "the_job": job_id, "added_done": done, "added_failed": failed, "the_time": utcnow()}).one_or_none()
     if row is None:
         raise job_not_found(job_id)
+    if row.status == JobStatus.COMPLETED and not on_postgres(session):
+        notify_job_finished(session, job_id)  # Postgres' notice rides on the statement itself
     return row.status
 
 

@@ -3,7 +3,9 @@
 NOTIFY is transactional: it is delivered when the completing transaction commits, never before,
 so a woken caller always finds the finished rows. The listener subscribes before the caller's
 first look at the job, so a completion can never fall between the look and the wait. SQLite (the
-embedded default, one process) has no such channel; there the listener just sleeps a short poll.
+embedded default, one process) has no such channel: there the transaction that completes a job
+wakes the waiters of its own process once it commits (:data:`IN_PROCESS_COMPLETIONS`), and a
+waiter still looks every short poll for work that another process finished.
 """
 
 from __future__ import annotations
@@ -44,9 +46,37 @@ def notify_expression(channel, payload=""):
 
 
 def notify_job_finished(session: Session, job_id: uuid.UUID) -> None:
-    """Queue the job's notification in the caller's transaction (sent by Postgres on commit)."""
+    """Queue the job's notification in the caller's transaction (sent by Postgres on commit; on
+    SQLite, this process's waiters are woken once the session commits)."""
     if on_postgres(session):
         session.execute(sa.select(notify_expression(job_channel(job_id))))
+    else:
+        sa.event.listen(session, "after_commit", IN_PROCESS_COMPLETIONS.signal, once=True)
+
+
+class InProcessCompletions:
+    """Jobs completed in this process, for waiters in this process: the embedded default's workers
+    are threads beside the caller, and SQLite has no NOTIFY. A generation count rather than a bare
+    event: a waiter notes the generation before it looks at its job, and a completion committed
+    after that look wakes it even if it came before the wait began. Waiters wake on any job's
+    completion and look at their own (one cheap query)."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self.generation = 0
+
+    def signal(self, *_) -> None:
+        with self._changed:
+            self.generation += 1
+            self._changed.notify_all()
+
+    def wait_past(self, generation: int, timeout: float) -> bool:
+        """Whether a completion came after ``generation`` (at once, or within ``timeout`` seconds)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self.generation != generation, timeout)
+
+
+IN_PROCESS_COMPLETIONS = InProcessCompletions()
 
 
 # Channels one listener keeps at most: a job submitted but never waited on is unsubscribed once
@@ -72,6 +102,7 @@ class JobListener:
         self._channels: dict[str, None] = {}  # subscribed, oldest first
         self._stale: list[str] = []  # to UNLISTEN with the next command
         self._told: dict[str, str] = {}  # channel -> payload, notified while another job was awaited
+        self._generation_seen = IN_PROCESS_COMPLETIONS.generation  # without Postgres: as of the last listen
 
     @property
     def notifies(self) -> bool:
@@ -84,6 +115,7 @@ class JobListener:
 
     def listen(self, job_id: uuid.UUID) -> None:
         if not self.notifies:
+            self._generation_seen = IN_PROCESS_COMPLETIONS.generation  # a completion from now on wakes the wait
             return
         import psycopg
 
@@ -120,9 +152,12 @@ class JobListener:
 
     def wait_for(self, timeout: float, job_id: uuid.UUID | None = None) -> str | None:
         """The payload of the next notification (for ``job_id`` when given, else on any listened
-        channel), or None when ``timeout`` passes first."""
+        channel), or None when ``timeout`` passes first. Without Postgres: "" (a notice without
+        payload: look at the job) once a job completed in this process since the last :meth:`listen`."""
         if self._connection is None:
-            time.sleep(timeout)
+            if not self.notifies:
+                return "" if IN_PROCESS_COMPLETIONS.wait_past(self._generation_seen, timeout) else None
+            time.sleep(timeout)  # Postgres, but the listening connection is lost: look again after this
             return None
         import psycopg
 

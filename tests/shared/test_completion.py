@@ -85,6 +85,29 @@ def test_a_job_completed_twice_notifies_once(pg_settings):
         assert listener.wait(10) and not listener.wait(0.3)
 
 
+def test_on_sqlite_a_commit_that_completes_a_job_wakes_this_process_waiters(sqlite_settings):
+    """The embedded default has no NOTIFY: its workers are threads of the caller's process, and the
+    completing commit wakes that process's waiters (a completion after the waiter's last look
+    counts even if it came before the wait began); otherwise a wait sleeps its poll."""
+    upgrade(sqlite_settings.effective_database_url)
+    url = sqlite_settings.effective_database_url
+    (first, (first_item,)), (second, (second_item,)) = (_submit(sqlite_settings, [t], classifier=False) for t in "ab")
+    with JobListener(url) as listener:
+        listener.listen(first)
+        assert listener.wait(0.05) is False  # nothing completed: the wait sleeps its timeout
+        with session_for(url) as session, session.begin():
+            session.execute(sa.update(Item).where(Item.id == first_item).values(status="done"))
+            assert count_finished(session=session, job_id=first, done=1) == "completed"
+            assert listener.wait(0.2) is False  # not before the commit
+        assert listener.wait(10)  # the commit happened before this wait: it is not missed
+        listener.listen(first)  # the caller's next look
+        assert listener.wait(0.2) is False  # one wake per completion
+        with session_for(url) as session, session.begin():  # a sweeper's recount completes the other job
+            session.execute(sa.update(Item).where(Item.id == second_item).values(status="done"))
+            refresh_job(session=session, job_id=second)
+        assert listener.wait(10)
+
+
 def test_the_listener_without_postgres_sleeps_and_a_dead_one_degrades(sqlite_settings, pg_settings):
     with JobListener(sqlite_settings.effective_database_url) as sleeper:
         sleeper.listen(uuid.uuid4())
