@@ -43,7 +43,7 @@ from shared.api.models import (
 )
 from shared.client import SAFETY_LOOK_SECONDS, FusionqClient, finished_progress
 from shared.db.engine import session_for
-from shared.db.notify import NoticeHub
+from shared.db.notify import IN_PROCESS_COMPLETIONS, NoticeHub
 from shared.db.registry import list_classifiers
 from shared.errors import (
     ClassifierNotFound,
@@ -168,10 +168,12 @@ def _accepted(job_id: uuid.UUID, status: str) -> JobAccepted:
 def _wait(client: FusionqClient, notices: NoticeHub, job_id: uuid.UUID, timeout: float):
     """The job's progress once it finishes or ``timeout`` passes. Told by the completing commit's
     notice (the hub listens before the first look, so nothing slips between); without Postgres, or
-    while the hub's connection is down, it polls the job row: 10 ms at first, doubling to 200 ms."""
+    while the hub's connection is down, it polls the job row: 10 ms at first, doubling to 200 ms, a
+    pause that a job completed by this process's own (embedded) workers cuts short."""
     deadline, pause = time.monotonic() + timeout, 0.01
     with notices.watch(job_id) as watch:
         while True:
+            seen = IN_PROCESS_COMPLETIONS.generation  # before the look: a completion after it ends the pause
             progress = client.progress(job_id)
             left = deadline - time.monotonic()
             if progress.finished or left <= 0:
@@ -180,7 +182,7 @@ def _wait(client: FusionqClient, notices: NoticeHub, job_id: uuid.UUID, timeout:
                 if (told := finished_progress(watch.wait(min(left, SAFETY_LOOK_SECONDS)))) is not None:
                     return told  # the notice carries the finished job's progress: no query
             else:
-                time.sleep(min(pause, left))
+                IN_PROCESS_COMPLETIONS.wait_past(seen, min(pause, left))
                 pause = min(pause * 2, 0.2)
 
 
