@@ -110,6 +110,20 @@ def test_a_jobs_texts_are_stored_verbatim(db_settings):
     assert [row.position for row in stored] == list(range(len(AWKWARD_TEXTS)))
 
 
+def test_texts_postgres_or_json_cannot_carry_are_refused_and_stored_cleaned(db_settings):
+    """A NUL or a lone surrogate fails its item at submit; the stored prefix is cleaned so that the
+    bulk insert (one JSON document on Postgres) carries it, and the other items go in as usual."""
+    texts = ["fine", "a\x00b", "bad \ud800 half"]
+    with db.session_for(db_settings.effective_database_url) as session, session.begin():
+        job, _ = create_job(session=session, classifier=_classifier(session), mode="fast", idempotency_key=None,
+                            items=new_items(texts, max_chars=100))
+        stored = session.execute(sa.select(Item.text, Item.status, Item.error).where(Item.job_id == job.id)
+                                 .order_by(Item.position)).all()
+    assert [(row.text, row.status) for row in stored] == [("fine", "pending"), ("a\ufffdb", "failed"),
+                                                          ("bad ? half", "failed")]
+    assert "NUL character at position 1" in stored[1].error and "lone surrogate" in stored[2].error
+
+
 def test_predictions_are_stored_as_given_once(db_settings):
     """store_predictions writes each row's values unchanged (one JSON document on Postgres, rows
     on SQLite), only for items that move now: a second call, or one from the wrong status, adds nothing."""
