@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -48,9 +49,15 @@ def scratch_services(prefix: str = "fusionq-bench-", *, redis_url: str = REDIS):
 
     db_name = f"fusionq_bench_{uuid.uuid4().hex[:8]}"
     admin = sa.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT", pool_pre_ping=True)  # survives a restart
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{db_name}"'))
-    redis.Redis.from_url(redis_url).flushdb()
+    try:
+        redis.Redis.from_url(redis_url).flushdb()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{db_name}"'))
+    except (sa.exc.OperationalError, redis.exceptions.ConnectionError) as exc:
+        print(f"error: the benchmarks need Postgres ({PG_ADMIN}) and Redis ({redis_url}) on loopback: "
+              f"{type(exc).__name__}: {str(exc).splitlines()[0].rstrip('.')}. Start them (.ci/run shows how) and run again.",
+              file=sys.stderr)
+        raise SystemExit(2) from None
     url = PG_ADMIN.rsplit("/", 1)[0] + f"/{db_name}"
     scratch = Path(tempfile.mkdtemp(prefix=prefix))
     try:
