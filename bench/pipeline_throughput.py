@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import re
 import statistics
 import sys
 import time
@@ -111,6 +112,14 @@ def _embedded_child(conn, home: str, texts: list[str]) -> None:
                 conn.send(times)
 
 
+WORKER_MODEL_LINE = re.compile(r"job ([0-9a-f-]{36}): \d+ items claimed in [\d.]+ ms, encoded in ([\d.]+) ms \(the model\)")
+
+
+def model_ms_in_worker_log(path: Path) -> dict[str, float]:
+    """The model's own ms per job, as the embed worker timed it for its log line (one-task jobs)."""
+    return {job: float(ms) for job, ms in WORKER_MODEL_LINE.findall(Path(path).read_text())}
+
+
 def _quantile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -185,7 +194,7 @@ def main() -> int:
                         cpu_runs.append(account.stop())
                     bare, system = statistics.median(bare_rates), statistics.median(system_rates)
 
-                    observed, after_submit, stored = [], [], []
+                    observed, after_submit, stored, latency_job_ids = [], [], [], []
                     for text in latency_texts:
                         started = time.perf_counter()
                         job = client.submit([text], "bench")
@@ -195,6 +204,8 @@ def main() -> int:
                         observed.append((finished - started) * 1000)
                         after_submit.append((finished - submitted) * 1000)
                         stored.append(client.results(job)[0].latency_ms)
+                        latency_job_ids.append(str(job))
+                worker_model_ms = model_ms_in_worker_log(procs[0].log_path)
                 print("embedded default (in-memory broker, worker thread, SQLite) ...", flush=True)
                 embedded_bare, embedded_runs, embedded_one_text = embedded_rates(
                     spec, train, texts, tmp / "embedded", args.repeats, settings, one_text_jobs=50)
@@ -204,6 +215,9 @@ def main() -> int:
 
     overheads = [total - model for total, model in zip(after_submit, text_model_ms)]
     overheads_paused = [total - model for total, model in zip(after_submit, paused_model_ms)]
+    # against the model's time in that very job, as the embed worker measured it (its log line)
+    timed = [(total, worker_model_ms[job]) for total, job in zip(after_submit, latency_job_ids) if job in worker_model_ms]
+    overheads_worker = [total - model for total, model in timed] or [float("nan")]
     result = {
         **machine(), "precision": str(get_encoder(spec).precision),
         "model": spec.model, "texts": len(texts), "data": args.data,
@@ -245,6 +259,12 @@ def main() -> int:
         "latency_texts_model_after_pause_ms_p50": round(_quantile(paused_model_ms, 0.5), 1),
         "after_submit_overhead_vs_paused_model_ms_p50": round(_quantile(overheads_paused, 0.5), 1),
         "after_submit_overhead_vs_paused_model_ms_p99": round(_quantile(overheads_paused, 0.99), 1),
+        # the same against the model's time in each job as the embed worker timed it: the model's own
+        # time exactly, where the two estimates above take the same text's time in this process
+        "worker_model_ms_p50": round(_quantile([model for _, model in timed] or [float("nan")], 0.5), 1),
+        "after_submit_overhead_vs_worker_model_ms_p50": round(_quantile(overheads_worker, 0.5), 1),
+        "after_submit_overhead_vs_worker_model_ms_p99": round(_quantile(overheads_worker, 0.99), 1),
+        "worker_timed_jobs": len(timed),
         "latency_jobs": len(observed),
     }
     write_result(result, args.out)

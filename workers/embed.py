@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import logging
-
 from celery import Celery
 
 from shared.dispatch import TaskName
 from shared.service.embed import embed_stage
 from workers.memory import release_freed_memory
 from workers.retry import DB_RETRY
-
-log = logging.getLogger(__name__)
-
 
 def register(app: Celery, *, settings) -> None:
     """Define the embed task on ``app`` (tasks are bound to one app, so they enqueue on its broker)."""
@@ -26,6 +21,4 @@ def register(app: Celery, *, settings) -> None:
             release_freed_memory()  # new batch shapes would otherwise grow the worker without bound
         if embedded:
             self.app.send_task(str(TaskName.FUSE), args=[job_id, embedded])
-        log.info("job %s: %d of %d items handed to the aggregator (fast items are finished here)",
-                 job_id, len(embedded), len(item_ids))
         return len(embedded)

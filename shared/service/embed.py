@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,36 +28,61 @@ def embed_stage(settings: Settings, *, job_id: str, item_ids: list[int]) -> list
     finished here, the others get their features stored. Returns the ids the aggregator must now fuse.
 
     The claim's lease is renewed while the batch runs; every write names the claim's token, so a
-    worker paused past its lease (its work sent again meanwhile) writes nothing when it wakes."""
+    worker paused past its lease (its work sent again meanwhile) writes nothing when it wakes.
+    Logs where the task's time went (claim, the model, the write), one line per task."""
+    started = time.perf_counter()
     held = claim(settings, job_id, item_ids)
     if not held.items:
         return []
+    clock = StageClock(claimed_s=time.perf_counter() - started)
     with held.heartbeat(settings):
-        return _embed_claimed(settings, held)
+        moved = _embed_claimed(settings, held, clock)
+    log.info("job %s: %d items claimed in %.1f ms, encoded in %.1f ms (the model), %d written in %.1f ms "
+             "(%d failed), %d handed to the aggregator", job_id, len(held.items), clock.claimed_s * 1000,
+             clock.model_s * 1000, clock.written, clock.write_s * 1000, clock.failed, len(moved))
+    return moved
 
 
-def _embed_claimed(settings: Settings, held: StageClaim) -> list[int]:
+@dataclass
+class StageClock:
+    """Where one embed task's time went, for its log line: the claim, the model (tokenize, forward,
+    pool: what `encode` costs), the one transaction that writes the outcome."""
+
+    claimed_s: float
+    model_s: float = 0.0
+    write_s: float = 0.0
+    written: int = 0
+    failed: int = 0
+
+
+def _embed_claimed(settings: Settings, held: StageClaim, clock: StageClock) -> list[int]:
     job, claimed = held.job, held.items
     specs = specs_from_dict(held.classifier.encoder_spec)
+    started = time.perf_counter()
     try:
         vectors, errors = _encode_isolating_failures(specs, claimed, settings)
     except EncoderError as exc:  # the encoder itself cannot load: retrying the same message cannot help
         vectors, errors = {}, {item.id: str(exc) for item in claimed}
+    clock.model_s = time.perf_counter() - started
     fast = [item.id for item in claimed if item.id in vectors and (item.mode or job.mode) == Mode.FAST]
     artifact = _artifact_or_none(held.classifier) if fast else None
     if artifact is None:
         fast = []  # the aggregator reports an unreadable artifact on each item
     moved: list[int] = []
+    started = time.perf_counter()
     with session_for(settings.effective_database_url) as session, session.begin():
         if fast:
-            finish_fast_items(session, job, artifact, np.stack([vectors.pop(i) for i in fast]), fast, token=held.token)
+            clock.written = finish_fast_items(session, job, artifact, np.stack([vectors.pop(i) for i in fast]), fast,
+                                              token=held.token)
         if vectors:
             dim = len(next(iter(vectors.values())))
             moved = store_features(session=session, encoder_key=features_key(specs), dim=dim, token=held.token,
                                    vectors={item_id: vector.tobytes() for item_id, vector in vectors.items()})
         if errors:
             failed = mark_failed(session=session, errors=errors, token=held.token)
-            count_finished(session=session, job_id=job.id, failed=sum(failed.values()))
+            clock.failed = sum(failed.values())
+            count_finished(session=session, job_id=job.id, failed=clock.failed)
+    clock.write_s = time.perf_counter() - started
     return moved
 
 

@@ -1,5 +1,7 @@
 """The two stages of the fast path, run directly (no Celery): idempotent and failure-isolating."""
 
+import re
+
 import pytest
 import sqlalchemy as sa
 
@@ -83,3 +85,20 @@ def test_the_embed_stage_finishes_fast_items_as_the_classifier_would(db_settings
     for row, item_id in enumerate(ids):
         assert stored[item_id].probabilities == pytest.approx(expected[row].tolist(), abs=2e-6)
         assert stored[item_id].signals == ["encoder"] and stored[item_id].latency_ms > 0
+
+
+def test_each_embed_task_logs_where_its_time_went(db_settings, tiny_bert_path, caplog):
+    train_topics(db_settings, tiny_bert_path)
+    texts, _ = make_topic_texts(4, seed=3)
+    job_id, ids = _submit(db_settings, texts)
+    with caplog.at_level("INFO", logger="shared.service.embed"):
+        embed_stage(db_settings, job_id=job_id, item_ids=ids)
+        embed_stage(db_settings, job_id=job_id, item_ids=ids)  # nothing left to claim: no line
+    lines = [r.getMessage() for r in caplog.records if r.name == "shared.service.embed"]
+    assert len(lines) == 1, lines
+    match = re.fullmatch(rf"job {job_id}: {len(ids)} items claimed in ([\d.]+) ms, encoded in ([\d.]+) ms \(the model\), "
+                         rf"{len(ids)} written in ([\d.]+) ms \(0 failed\), 0 handed to the aggregator", lines[0])
+    assert match and all(float(ms) > 0 for ms in match.groups()), lines[0]
+    # the bench reads the model's time from this line (bench/pipeline_throughput.py)
+    from bench.pipeline_throughput import WORKER_MODEL_LINE
+    assert WORKER_MODEL_LINE.search(lines[0]).group(2) == match.group(2)
