@@ -19,7 +19,7 @@ from shared.db.engine import dispose_engines, test_connections_before_use
 from shared.settings import Settings, get_settings, is_in_process_broker
 from shared.dispatch import TaskName
 from workers import embed, fusion, llm_api, llm_local, maintenance, submit
-from workers.memory import resident_mb
+from workers.memory import freeze_survivors_after_slow_collection, resident_mb, watch_full_collections
 from workers.presence import start_announcing
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,13 @@ def _forget_parent_connections(**_kwargs) -> None:
     _IN_PREFORK_CHILD = True
     dispose_engines()
     _limit_torch_threads()
+    watch_full_collections()
+
+
+@task_postrun.connect
+def _freeze_long_lived_objects(**_kwargs) -> None:
+    # After the task, so a freeze never delays the task that saw a slow collection (workers.memory).
+    freeze_survivors_after_slow_collection()
 
 
 @task_postrun.connect
@@ -130,6 +137,7 @@ def _on_worker_start(sender, **_kwargs) -> None:
     if not is_in_process_broker(sender.app.conf.get("broker_url")):
         test_connections_before_use(False)
     _limit_torch_threads()
+    watch_full_collections()
 
 
 def _limit_torch_threads() -> None:
