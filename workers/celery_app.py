@@ -19,7 +19,8 @@ from shared.db.engine import dispose_engines, test_connections_before_use
 from shared.settings import Settings, get_settings, is_in_process_broker
 from shared.dispatch import TaskName
 from workers import embed, fusion, llm_api, llm_local, maintenance, submit
-from workers.memory import freeze_survivors_after_slow_collection, resident_mb, watch_full_collections
+from shared.gc_freeze import freeze_survivors_after_slow_collection, watch_full_collections
+from workers.memory import resident_mb
 from workers.presence import start_announcing
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,7 @@ def _forget_parent_connections(**_kwargs) -> None:
 
 @task_postrun.connect
 def _freeze_long_lived_objects(**_kwargs) -> None:
-    # After the task, so a freeze never delays the task that saw a slow collection (workers.memory).
+    # After the task, so a freeze never delays the task that saw a slow collection (shared.gc_freeze).
     freeze_survivors_after_slow_collection()
 
 

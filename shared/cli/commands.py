@@ -258,6 +258,7 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 
 def cmd_serve(args, settings) -> int:
     from shared.errors import ConfigError
+    from shared.gc_freeze import freeze_what_is_alive, watch_full_collections
 
     try:
         import uvicorn
@@ -272,6 +273,10 @@ def cmd_serve(args, settings) -> int:
     api = create_api(settings, client)
     guard = "API keys required" if settings.api_keys else "no FUSIONQ_API_KEYS set: loopback only, no key asked"
     print(f"fusionq API on http://{args.host}:{args.port} (docs at /docs; {guard})", file=sys.stderr, flush=True)
+    # What the server has loaded lives as long as it does: no request pays for walking it in a full
+    # collection (~90 ms here); embedded workers freeze again after they load their models.
+    freeze_what_is_alive()
+    watch_full_collections()
     try:
         uvicorn.run(api, host=args.host, port=args.port, log_level="warning")
     finally:
