@@ -19,7 +19,7 @@ from shared import errors
 ROOT = Path(__file__).resolve().parent.parent
 
 FOUNDATION = {"shared.errors", "shared.settings", "shared.vocab", "shared.textio", "shared.progress",
-              "shared.schemas", "shared.dispatch", "shared.threads"}
+              "shared.schemas", "shared.dispatch", "shared.threads", "shared.gc_freeze"}
 SCIENCE_PACKAGES = ("shared.encoders", "shared.fusion", "shared.llm")
 INTERFACES = {"shared.client", "shared.cli", "shared.evaluation", "shared.reports", "shared.demo", "shared.scoring"}
 
