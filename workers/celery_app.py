@@ -87,16 +87,19 @@ def create_app(settings: Settings) -> Celery:
 
 
 _IN_PREFORK_CHILD = False
+_WORKER_PID: int | None = None  # the worker's own process, where worker_init ran
 
 
 @worker_process_init.connect
 def _forget_parent_connections(**_kwargs) -> None:
     # A prefork child must open its own database connections; models load lazily on first use.
+    # The solo pool sends this signal too, in the worker's own process: that is no child (and
+    # recycles itself after its task, _recycle_when_over_memory). A child inherits the parent's
+    # garbage-collector watch with its memory.
     global _IN_PREFORK_CHILD
-    _IN_PREFORK_CHILD = True
+    _IN_PREFORK_CHILD = os.getpid() != _WORKER_PID
     dispose_engines()
     _limit_torch_threads()
-    watch_full_collections()
 
 
 @task_postrun.connect
@@ -132,13 +135,16 @@ def _announce(sender, **_kwargs) -> None:
 
 @worker_init.connect
 def _on_worker_start(sender, **_kwargs) -> None:
+    global _WORKER_PID
+    _WORKER_PID = os.getpid()
     # A worker process's tasks retry on a dead connection (workers.retry), so no round trip tests
     # each connection first (prefork children inherit this). The embedded worker shares its
-    # caller's process, whose reads must ride out a restart: it keeps the test.
+    # caller's process, whose reads must ride out a restart: it keeps the test. Its garbage
+    # collector is the caller's too: only worker processes (and `fusionq serve`) freeze their heap.
     if not is_in_process_broker(sender.app.conf.get("broker_url")):
         test_connections_before_use(False)
+        watch_full_collections()
     _limit_torch_threads()
-    watch_full_collections()
 
 
 def _limit_torch_threads() -> None:

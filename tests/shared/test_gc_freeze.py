@@ -48,3 +48,13 @@ def test_freeze_what_is_alive_freezes_the_survivors_of_a_collection():
         assert gc.get_freeze_count() >= len(kept)
     finally:
         gc.unfreeze()
+
+
+def test_the_embedded_worker_leaves_its_callers_collector_alone(sqlite_settings):
+    """Its worker is a thread of the caller's process (a CLI run, a service using the client): only
+    worker processes and `fusionq serve` freeze their heap."""
+    from workers.celery_app import create_app
+    from workers.embedded import EmbeddedWorker
+
+    with EmbeddedWorker(create_app(sqlite_settings)):
+        assert collector._time_full_collections not in gc.callbacks

@@ -97,3 +97,24 @@ def test_the_http_api_on_postgres_answers_concurrent_classify_calls_told_not_pol
             time.sleep(0.2)
         assert any(q.startswith("UNLISTEN") for q in last), last  # the hub listened, then let go
         assert not any(re.search(r'(^|; )LISTEN "', q) for q in last), last  # nobody still subscribed
+
+
+def test_a_solo_worker_over_its_memory_limit_finishes_the_task_then_stops_for_a_fresh_process(
+        production_settings, tmp_path):
+    """The solo pool runs tasks in the worker's own process (Celery still sends it worker_process_init,
+    as prefork children get): past FUSIONQ_WORKER_MAX_MEMORY_MB after a task, it stops itself
+    warmly, the task acknowledged and its job complete, for its supervisor to start a fresh one."""
+    train_topics(production_settings, "sentence-transformers/all-MiniLM-L6-v2")
+    env = {"FUSIONQ_DATABASE_URL": production_settings.database_url, "FUSIONQ_BROKER_URL": production_settings.broker_url,
+           "FUSIONQ_ARTIFACT_DIR": str(production_settings.artifact_dir), "HF_HUB_OFFLINE": "1",
+           "FUSIONQ_WORKER_MAX_MEMORY_MB": "64"}  # a worker with MiniLM loaded is far past this
+    embed = start_worker("embed", env=env, log_dir=tmp_path / "logs")
+    try:
+        with FusionqClient(production_settings) as client:
+            job_id = client.submit(["the striker scored twice"], "topics", mode="fast")
+            assert client.wait(job_id, timeout=120).status == "completed"
+        embed.wait(timeout=60)  # it exits by itself
+    finally:
+        stop_worker(embed)
+    log = embed.log_path.read_text()
+    assert "over FUSIONQ_WORKER_MAX_MEMORY_MB=64: warm shutdown for a fresh process" in log, log[-2000:]
