@@ -18,8 +18,8 @@ from kombu import Queue
 from shared.db.engine import dispose_engines, test_connections_before_use
 from shared.settings import Settings, get_settings, is_in_process_broker
 from shared.dispatch import TaskName
-from workers import embed, fusion, llm_api, llm_local, maintenance, submit
 from shared.gc_freeze import freeze_survivors_after_slow_collection, watch_full_collections
+from workers import embed, fusion, llm_api, llm_local, maintenance, submit
 from workers.memory import resident_mb
 from workers.presence import start_announcing
 
