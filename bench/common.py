@@ -24,6 +24,26 @@ def machine() -> dict:
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, CPython {platform.python_version()}"}
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (anything else is argparse's exit 2)."""
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def texts_or_exit(parser, path: str | Path, n: int) -> list[str]:
+    """The first ``n`` texts of the CSV at ``path``; a missing or malformed file is the parser's
+    error (a message naming it, exit 2), before anything is started or written."""
+    from shared.errors import DataFileError
+    from shared.textio import read_texts
+
+    try:
+        return read_texts(Path(path))[:n]
+    except DataFileError as exc:
+        parser.error(f"--data: {exc} (the team's ../shared/data, or any CSV with a text column)")
+
+
 def write_result(result: dict, out: str | Path) -> None:
     """The result as JSON in ``out`` (folders made) and on stdout."""
     out = Path(out)

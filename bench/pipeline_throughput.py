@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REDIS, CpuAccount, machine, scratch_services, write_result  # noqa: E402
+from bench.common import REDIS, CpuAccount, machine, positive_int, scratch_services, texts_or_exit, write_result  # noqa: E402
 from shared.client import FusionqClient  # noqa: E402
 from shared.demo import sample_dir, stratified_sample  # noqa: E402
 from shared.encoders.hf import get_encoder  # noqa: E402
@@ -27,7 +27,7 @@ from shared.encoders.precision import cpu_description  # noqa: E402
 from shared.encoders.spec import EncoderSpec  # noqa: E402
 from shared.gc_freeze import freeze_what_is_alive  # noqa: E402
 from shared.settings import Settings  # noqa: E402
-from shared.textio import read_labelled, read_texts  # noqa: E402
+from shared.textio import read_labelled  # noqa: E402
 from shared.service.training import train_classifier  # noqa: E402
 from workers.dispatch import dispatcher_for  # noqa: E402
 from workers.launch import start_worker, stop_worker  # noqa: E402
@@ -126,28 +126,20 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an int >= 1 (anything else is argparse's exit 2)."""
-    value = int(text)
-    if value < 1:
-        raise ValueError(text)
-    return value
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="../shared/data/ag_news/test.csv", help="CSV with a text column")
     parser.add_argument("--train", default="../shared/data/ag_news/train.csv", help="labelled CSV for the classifier")
-    parser.add_argument("--n", type=int, default=2000, help="texts per throughput run")
-    parser.add_argument("--repeats", type=int, default=5, help="throughput runs of each kind (median reported)")
-    parser.add_argument("--latency-jobs", type=int, default=200, help="one-text jobs, one after another")
+    parser.add_argument("--n", type=positive_int, default=2000, help="texts per throughput run")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="throughput runs of each kind (median reported)")
+    parser.add_argument("--latency-jobs", type=positive_int, default=200, help="one-text jobs, one after another")
     parser.add_argument("--precision", default="auto", help="encoder precision (auto, fp32, bf16)")
     parser.add_argument("--embed-processes", type=positive_int, default=1,
                         help="embed worker processes (a prefork pool), each with cores / N torch threads")
     parser.add_argument("--out", default="bench/out/pipeline_throughput.json")
     args = parser.parse_args()
 
-    texts = read_texts(args.data)[: args.n]
+    texts = texts_or_exit(parser, args.data, args.n)
     train_path = Path(args.train) if Path(args.train).is_file() else sample_dir() / "train.csv"
     spec = EncoderSpec(model="sentence-transformers/all-MiniLM-L6-v2", precision=args.precision)
     with scratch_services() as (database_url, tmp):

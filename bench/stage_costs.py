@@ -24,8 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from bench.common import CpuAccount, machine, scratch_services, write_result  # noqa: E402
-from bench.pipeline_throughput import positive_int  # noqa: E402
+from bench.common import CpuAccount, machine, positive_int, scratch_services, texts_or_exit, write_result  # noqa: E402
 from shared.db.engine import session_for, upgrade  # noqa: E402
 from shared.demo import sample_dir, stratified_sample  # noqa: E402
 from shared.encoders.spec import EncoderSpec  # noqa: E402
@@ -35,7 +34,7 @@ from shared.service.claims import claim  # noqa: E402
 from shared.service.submit import store_job  # noqa: E402
 from shared.service.training import train_classifier  # noqa: E402
 from shared.settings import Settings  # noqa: E402
-from shared.textio import read_labelled, read_texts  # noqa: E402
+from shared.textio import read_labelled  # noqa: E402
 from shared.vocab import Mode  # noqa: E402
 
 
@@ -81,10 +80,7 @@ def main() -> int:
     parser.add_argument("--out", default="bench/out/stage_costs.json")
     args = parser.parse_args()
 
-    data_path = Path(args.data)
-    if not data_path.is_file():
-        parser.error(f"--data {data_path}: no such file (the team's ../shared/data, or any CSV with a text column)")
-    texts = read_texts(data_path)[: args.n]
+    texts = texts_or_exit(parser, args.data, args.n)
     spec = EncoderSpec(model="sentence-transformers/all-MiniLM-L6-v2")
     clock = StepClock()
     with scratch_services() as (database_url, tmp):
@@ -110,7 +106,7 @@ def main() -> int:
                 tasks += 1
             print(f"job {run + 1}/{args.repeats}: {len(sends)} tasks", flush=True)
     result = {**machine(), "database": "sqlite (embedded)" if args.embedded else "postgres",
-              "texts_per_job": len(texts), "tasks": tasks, "data": str(data_path),
+              "texts_per_job": len(texts), "tasks": tasks, "data": args.data,
               "items_per_task": settings.embed_items_per_task, "steps": clock.summary()}
     write_result(result, args.out)
     return 0
