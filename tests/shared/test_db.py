@@ -52,6 +52,27 @@ def test_postgres_statements_are_planned_with_their_values(postgres_url):
         assert session.scalar(sa.text("SELECT count(*) FROM pg_prepared_statements")) == 0
 
 
+def test_analyze_keeps_statistics_only_for_columns_queries_use(postgres_url):
+    """``ANALYZE items`` (after large jobs, and autovacuum's) skips the texts and other read-only
+    columns (migration 0007) and still gives the planner the status, job and leases it plans claims with."""
+    db.upgrade(postgres_url)
+    with db.session_for(postgres_url) as session, session.begin():
+        job, _ = create_job(session=session, classifier=_classifier(session), mode="fast", idempotency_key=None,
+                            items=new_items([f"text number {n}" for n in range(50)], max_chars=100))
+        store_predictions(session=session, from_statuses=("pending",), rows=[
+            {"item_id": item_id, "labels": ["a"], "probabilities": [0.9, 0.1], "confidence": 0.9, "signals": ["encoder"],
+             "flags": [], "latency_ms": 1.0, "created_at": utcnow()}
+            for item_id in session.scalars(sa.select(Item.id).where(Item.job_id == job.id))])
+    with db.get_engine(postgres_url).connect() as conn:
+        conn.execute(sa.text("ANALYZE items, predictions"))
+        analysed = {(table, column) for table, column in conn.execute(sa.text(
+            "SELECT tablename, attname FROM pg_stats WHERE tablename IN ('items', 'predictions')"))}
+    assert {("items", c) for c in ("id", "job_id", "position", "status", "updated_at")} <= analysed
+    assert ("predictions", "item_id") in analysed
+    assert not {("items", c) for c in ("text", "text_hash", "error")} & analysed
+    assert not {("predictions", c) for c in ("labels", "probabilities", "confidence")} & analysed
+
+
 def test_unmigrated_postgres_is_refused_with_the_command_to_run(postgres_url):
     with pytest.raises(SchemaError, match="fusionq db upgrade"):
         db.ensure_schema(postgres_url, auto_upgrade=False)
