@@ -24,6 +24,22 @@ def machine() -> dict:
             "machine": f"{platform.machine()}, {os.cpu_count()} cores, CPython {platform.python_version()}"}
 
 
+def database_facts(url: str) -> dict:
+    """The Postgres a figure was measured against: its version and whether autovacuum runs (its
+    ANALYZE and VACUUM share the encoder's cores when Postgres runs on the same machine, and
+    machines differ: the AMX VM ran it, an EPYC VM had it off)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            version = conn.scalar(sa.text("SHOW server_version"))
+            autovacuum = conn.scalar(sa.text("SHOW autovacuum"))
+    finally:
+        engine.dispose()
+    return {"postgres": f"{version}, autovacuum {autovacuum}"}
+
+
 def positive_int(text: str) -> int:
     """argparse type: an int >= 1 (anything else is argparse's exit 2)."""
     value = int(text)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REDIS, CpuAccount, machine, positive_int, scratch_services, texts_or_exit, write_result  # noqa: E402
+from bench.common import REDIS, CpuAccount, database_facts, machine, positive_int, scratch_services, texts_or_exit, write_result  # noqa: E402
 from shared.client import FusionqClient  # noqa: E402
 from shared.demo import sample_dir, stratified_sample  # noqa: E402
 from shared.encoders.hf import get_encoder  # noqa: E402
@@ -151,7 +151,9 @@ def main() -> int:
                 train_classifier(settings=settings, name="bench", data=train, encoders=[spec], layers=spec.layers,
                                  fusion="concat", show_progress=False)
 
-                print(f"CPU: {cpu_description()}; encoder precision {args.precision} -> {get_encoder(spec).precision}", flush=True)
+                postgres = database_facts(database_url)
+                print(f"CPU: {cpu_description()}; encoder precision {args.precision} -> {get_encoder(spec).precision}; "
+                      f"Postgres {postgres['postgres']}", flush=True)
                 bare_encoder_rate(spec, texts, settings, 1)  # every padded shape seen once, as the workers will see them
                 model_ms = single_text_model_ms(spec, texts[0])
                 # each latency job's own text: a long text's model time is not queue overhead
@@ -215,7 +217,7 @@ def main() -> int:
     timed = [(total, worker_model_ms[job]) for total, job in zip(after_submit, latency_job_ids) if job in worker_model_ms]
     overheads_worker = [total - model for total, model in timed] or [float("nan")]
     result = {
-        **machine(), "precision": str(get_encoder(spec).precision),
+        **machine(), **postgres, "precision": str(get_encoder(spec).precision),
         "model": spec.model, "texts": len(texts), "data": args.data,
         "bare_encoder_texts_per_s": round(bare, 1),
         "bare_runs_texts_per_s": [round(r, 1) for r in bare_rates],

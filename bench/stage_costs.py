@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from bench.common import CpuAccount, machine, positive_int, scratch_services, texts_or_exit, write_result  # noqa: E402
+from bench.common import CpuAccount, database_facts, machine, positive_int, scratch_services, texts_or_exit, write_result  # noqa: E402
 from shared.db.engine import session_for, upgrade  # noqa: E402
 from shared.demo import sample_dir, stratified_sample  # noqa: E402
 from shared.encoders.spec import EncoderSpec  # noqa: E402
@@ -105,7 +105,8 @@ def main() -> int:
                 assert done == len(batch), (done, len(batch))
                 tasks += 1
             print(f"job {run + 1}/{args.repeats}: {len(sends)} tasks", flush=True)
-    result = {**machine(), "database": "sqlite (embedded)" if args.embedded else "postgres",
+        facts = {} if args.embedded else database_facts(database_url)
+    result = {**machine(), **facts, "database": "sqlite (embedded)" if args.embedded else "postgres",
               "texts_per_job": len(texts), "tasks": tasks, "data": args.data,
               "items_per_task": settings.embed_items_per_task, "steps": clock.summary()}
     write_result(result, args.out)
