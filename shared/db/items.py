@@ -153,29 +153,32 @@ def store_predictions(*, session: Session, rows: Sequence[dict],
 
     ``from_statuses``: where the items may come from (the embed stage finishes fast items straight
     from pending, under its claim ``token``). Only items that move now get a prediction, so a late
-    or repeated writer adds none. Core statements on the session's connection: the hot path skips the ORM."""
+    or repeated writer adds none. Each prediction's ``created_at`` is this call's time, sent once,
+    not per row. Core statements on the session's connection: the hot path skips the ORM."""
     postgres = on_postgres(session)
+    now = utcnow()
     params = {"the_ids": [r["item_id"] for r in rows], "from_statuses": [str(s) for s in from_statuses],
-              "the_time": utcnow(), **({} if token is None else {"the_token": token})}
+              "the_time": now, **({} if token is None else {"the_token": token})}
     moved = set(session.connection().execute(_finish_statement(token is not None, postgres), params).scalars())
     finished = [r for r in rows if r["item_id"] in moved]
     if postgres and finished:
-        session.connection().execute(_INSERT_PREDICTIONS_FROM_JSON, {"the_rows": json_rows(finished)})
+        session.connection().execute(_INSERT_PREDICTIONS_FROM_JSON, {"the_rows": json_rows(finished), "the_time": now})
     else:
-        insert_ignoring_conflicts(session, Prediction, finished, keys=("item_id",))
+        insert_ignoring_conflicts(session, Prediction, [{**r, "created_at": now} for r in finished], keys=("item_id",))
     return len(moved)
 
 
 # Postgres: a task's predictions travel as one JSON document (json_rows) that Postgres takes apart:
 # a 1,024-row multi-VALUES insert spent ~20 ms of Python adapting its 8,000 parameters. The same
-# rows and the same ON CONFLICT guard as insert_ignoring_conflicts.
+# rows and the same ON CONFLICT guard as insert_ignoring_conflicts; the time they share goes once
+# (a timestamp per row cost ~2.5 ms of Python per 1,024 rows to format).
 _INSERT_PREDICTIONS_FROM_JSON = sa.text("""
     INSERT INTO predictions (item_id, labels, probabilities, confidence, signals, flags, latency_ms, created_at)
-    SELECT r.item_id, r.labels, r.probabilities, r.confidence, r.signals, r.flags, r.latency_ms, r.created_at
+    SELECT r.item_id, r.labels, r.probabilities, r.confidence, r.signals, r.flags, r.latency_ms, :the_time
     FROM json_to_recordset(CAST(:the_rows AS json))
          AS r(item_id bigint, labels json, probabilities json, confidence float8, signals json, flags json,
-              latency_ms float8, created_at timestamptz)
-    ON CONFLICT (item_id) DO NOTHING""")
+              latency_ms float8)
+    ON CONFLICT (item_id) DO NOTHING""").bindparams(sa.bindparam("the_time", type_=sa.DateTime(timezone=True)))
 
 
 @functools.cache

@@ -243,7 +243,6 @@ def _prediction_rows(decision, label_names, items: list[tuple[int, dt.datetime]]
         "signals": item_signals,
         "flags": item_flags,
         "latency_ms": elapsed[created],
-        "created_at": now,
     } for row, ((item_id, created), item_signals, item_flags) in enumerate(zip(items, signals, flags))]
 
 

@@ -61,7 +61,7 @@ def test_analyze_keeps_statistics_only_for_columns_queries_use(postgres_url):
                             items=new_items([f"text number {n}" for n in range(50)], max_chars=100))
         store_predictions(session=session, from_statuses=("pending",), rows=[
             {"item_id": item_id, "labels": ["a"], "probabilities": [0.9, 0.1], "confidence": 0.9, "signals": ["encoder"],
-             "flags": [], "latency_ms": 1.0, "created_at": utcnow()}
+             "flags": [], "latency_ms": 1.0}
             for item_id in session.scalars(sa.select(Item.id).where(Item.job_id == job.id))])
     with db.get_engine(postgres_url).connect() as conn:
         conn.execute(sa.text("ANALYZE items, predictions"))
@@ -147,24 +147,26 @@ def test_texts_postgres_or_json_cannot_carry_are_refused_and_stored_cleaned(db_s
 
 def test_predictions_are_stored_as_given_once(db_settings):
     """store_predictions writes each row's values unchanged (one JSON document on Postgres, rows
-    on SQLite), only for items that move now: a second call, or one from the wrong status, adds nothing."""
+    on SQLite), only for items that move now: a second call, or one from the wrong status, adds
+    nothing. Each prediction is stamped with the time it was stored."""
     with db.session_for(db_settings.effective_database_url) as session, session.begin():
         job, _ = create_job(session=session, classifier=_classifier(session), mode="fast", idempotency_key=None,
                             items=new_items(["a", "b", "c"], max_chars=100))
         ids = session.scalars(sa.select(Item.id).where(Item.job_id == job.id).order_by(Item.position)).all()
         session.execute(sa.update(Item).where(Item.id.in_(ids[:2])).values(status="embedded"))
-        now = utcnow()
         rows = [{"item_id": item_id, "labels": labels, "probabilities": [0.123457, 0.876543], "confidence": 0.876543,
-                 "signals": ["encoder", "llm:local:logprobs"], "flags": flags, "latency_ms": 12.5, "created_at": now}
+                 "signals": ["encoder", "llm:local:logprobs"], "flags": flags, "latency_ms": 12.5}
                 for item_id, labels, flags in zip(ids, (["b"], [], ["a", "b"]), ([], ["missing:llm:api"], []))]
+        before = utcnow()
         assert store_predictions(session=session, rows=rows) == 2  # the third item is still pending
+        after = utcnow()
         assert store_predictions(session=session, rows=rows) == 0
         stored = session.scalars(sa.select(Prediction).order_by(Prediction.item_id)).all()
         got = [{column: getattr(p, column) for column in rows[0]} for p in stored]
+        stamped = [p.created_at.replace(tzinfo=before.tzinfo) for p in stored]  # SQLite hands them back without zone
         statuses = session.scalars(sa.select(Item.status).order_by(Item.position)).all()
-    for row in got:  # SQLite hands timestamps back without their zone
-        row["created_at"] = row["created_at"].replace(tzinfo=now.tzinfo)
     assert got == rows[:2]
+    assert all(before <= t <= after for t in stamped)
     assert statuses == ["done", "done", "pending"]
 
 

@@ -74,7 +74,7 @@ def test_a_late_writer_whose_claim_was_taken_over_writes_nothing(settings):
     _claim(settings, ids, token=222)
     vectors = {i: np.ones(4, dtype=np.float32).tobytes() for i in ids}
     rows = [{"item_id": i, "labels": ["a"], "probabilities": [0.9, 0.1], "confidence": 0.9, "signals": ["encoder"],
-             "flags": [], "latency_ms": 1.0, "created_at": utcnow()} for i in ids]
+             "flags": [], "latency_ms": 1.0} for i in ids]
     with session_for(settings.effective_database_url) as session, session.begin():
         assert store_features(session=session, encoder_key="k", vectors=vectors, dim=4, token=111) == []
         assert store_predictions(session=session, rows=rows, from_statuses=("pending",), token=111) == 0
