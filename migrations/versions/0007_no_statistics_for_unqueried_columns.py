@@ -5,7 +5,7 @@ Revises: 0006
 Create Date: 2026-12-04
 
 ``ANALYZE`` samples up to 30,000 rows and, for every column, sorts and counts the sample's values.
-The items' texts, their hashes and errors, the predictions' JSON documents and figures are only
+The items' texts, their hashes (dropped in 0008) and errors, the predictions' JSON documents and figures are only
 ever read back, never searched, so those statistics are computed and never used. ``ANALYZE``
 runs after every job of 5,000 items or more (``shared.db.items.refresh_item_statistics``, inside
 the submit) and whenever autovacuum finds a tenth of a table changed, which on the fast path

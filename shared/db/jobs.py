@@ -27,7 +27,6 @@ class NewItem:
     """One text of a new job as it will be stored: ``error`` set for a text refused at submit."""
 
     text: str
-    text_hash: str
     mode: str | None = None  # the item's own mode; None keeps the job's
     error: str | None = None
 
@@ -68,7 +67,7 @@ def create_job(
     for position, item in enumerate(items):
         effective = item.mode or mode
         status = ItemStatus.FAILED if item.error else (ItemStatus.SCORING if effective == Mode.LLM else ItemStatus.PENDING)
-        rows.append({"job_id": job.id, "position": position, "text": item.text, "text_hash": item.text_hash,
+        rows.append({"job_id": job.id, "position": position, "text": item.text,
                      "mode": item.mode, "status": status, "attempts": 0, "resends": 0,
                      "updated_at": now, "error": item.error})
     job.n_failed = sum(1 for r in rows if r["status"] == ItemStatus.FAILED)
@@ -100,12 +99,12 @@ def create_job(
 # insert spent half of a 2,000-text submit converting its 22,000 parameters, and one array per
 # column still ~20 ms (psycopg adapts list elements in Python).
 _INSERT_ITEMS_FROM_JSON = sa.text("""
-    INSERT INTO items (job_id, position, text, text_hash, mode, status, attempts, resends, updated_at, error)
-    SELECT :job_id, r.position, r.text, r.text_hash, r.mode, r.status, 0, 0, :now, r.error
+    INSERT INTO items (job_id, position, text, mode, status, attempts, resends, updated_at, error)
+    SELECT :job_id, r.position, r.text, r.mode, r.status, 0, 0, :now, r.error
     FROM json_to_recordset(CAST(:the_rows AS json))
-         AS r(position integer, text text, text_hash text, mode text, status text, error text)
+         AS r(position integer, text text, mode text, status text, error text)
     RETURNING position, id""")
-_ROW_COLUMNS = ("position", "text", "text_hash", "mode", "status", "error")
+_ROW_COLUMNS = ("position", "text", "mode", "status", "error")
 
 
 def _insert_items(session: Session, rows: list[dict]) -> dict[int, int]:

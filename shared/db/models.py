@@ -94,7 +94,6 @@ class Item(Base):
     job_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("jobs.id", ondelete="CASCADE"))
     position: Mapped[int] = mapped_column(sa.Integer)
     text: Mapped[str] = mapped_column(sa.Text)
-    text_hash: Mapped[str] = mapped_column(sa.String(64))  # not indexed: nothing looks items up by it (0006)
     mode: Mapped[str | None] = mapped_column(sa.String(16))
     status: Mapped[str] = mapped_column(sa.String(16), default="pending")
     attempts: Mapped[int] = mapped_column(sa.Integer, default=0)  # claims by the encoder: real work started

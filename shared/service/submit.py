@@ -25,7 +25,7 @@ from shared.llm.prompts import PROMPT_VERSION
 from shared.llm.sources import configured_sources
 from shared.service.policy import Budget, check_mode, parse_tiers, resolve_tiers
 from shared.settings import Settings
-from shared.textio import text_hash, text_problem
+from shared.textio import text_problem
 from shared.vocab import Mode
 
 # What is kept of a text refused at submit: enough for the caller to recognise it, never megabytes.
@@ -116,7 +116,7 @@ def new_items(texts: Sequence[str], *, max_chars: int, item_modes: Sequence[str 
         if problem:
             safe = safe[:REFUSED_TEXT_PREFIX_CHARS].replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
         own = item_modes[position] if item_modes is not None else None
-        items.append(NewItem(text=safe, text_hash=text_hash(safe), mode=own, error=problem))
+        items.append(NewItem(text=safe, mode=own, error=problem))
     return items
 
 

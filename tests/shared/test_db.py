@@ -11,6 +11,7 @@ from shared.service.submit import REFUSED_TEXT_PREFIX_CHARS, new_items
 from shared.db.models import Base, Classifier, Item, ItemFeatures, Job, Prediction, utcnow
 from shared.db.registry import find_classifier, parse_classifier_ref
 from shared.errors import ClassifierNotFound, IdempotencyConflict, SchemaError
+from shared.textio import text_hash
 
 
 def _classifier(session, name="c", version=1) -> Classifier:
@@ -31,6 +32,22 @@ def test_migrations_upgrade_and_downgrade_cleanly_on_postgres(postgres_url):
     assert set(sa.inspect(engine).get_table_names()) == {"alembic_version"}
     db.upgrade(postgres_url)  # and back up again
     assert db.current_revision(engine) == db.head_revision(postgres_url)
+
+
+def test_downgrade_past_0008_brings_back_the_text_hashes(postgres_url):
+    """Items no longer store their text's hash (nothing read it); going back below 0008 refills
+    the column with the digest the earlier code computed in Python."""
+    db.upgrade(postgres_url)
+    texts = ["plain", "Zoë's café — 東京", "tab\tand\nnewline"]
+    with db.session_for(postgres_url) as session, session.begin():
+        create_job(session=session, classifier=_classifier(session), mode="fast", idempotency_key=None,
+                   items=new_items(texts, max_chars=100))
+    db.downgrade(postgres_url, "0007")
+    with db.get_engine(postgres_url).connect() as conn:
+        stored = conn.execute(sa.text("SELECT text, text_hash FROM items ORDER BY position")).all()
+    assert stored == [(t, text_hash(t)) for t in texts]
+    db.upgrade(postgres_url)
+    assert "text_hash" not in {c["name"] for c in sa.inspect(db.get_engine(postgres_url)).get_columns("items")}
 
 
 def test_migration_matches_the_models(db_settings):
@@ -69,7 +86,7 @@ def test_analyze_keeps_statistics_only_for_columns_queries_use(postgres_url):
             "SELECT tablename, attname FROM pg_stats WHERE tablename IN ('items', 'predictions')"))}
     assert {("items", c) for c in ("id", "job_id", "position", "status", "updated_at")} <= analysed
     assert ("predictions", "item_id") in analysed
-    assert not {("items", c) for c in ("text", "text_hash", "error")} & analysed
+    assert not {("items", c) for c in ("text", "error")} & analysed
     assert not {("predictions", c) for c in ("labels", "probabilities", "confidence")} & analysed
 
 
