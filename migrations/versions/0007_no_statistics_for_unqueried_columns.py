@@ -5,15 +5,13 @@ Revises: 0006
 Create Date: 2026-12-04
 
 ``ANALYZE`` samples up to 30,000 rows and, for every column, sorts and counts the sample's values.
-The items' texts, their hashes (dropped in 0008) and errors, the predictions' JSON documents and figures are only
-ever read back, never searched, so those statistics are computed and never used. ``ANALYZE``
-runs after every job of 5,000 items or more (``shared.db.items.refresh_item_statistics``, inside
-the submit) and whenever autovacuum finds a tenth of a table changed, which on the fast path
-(three writes per item) is every few jobs; where Postgres shares the encoder's cores, it takes
-that time from the encoder. Measured on a 2-core Postgres 15 with 40,000 finished AG News items:
-``ANALYZE items`` 88-109 -> 35-41 ms, ``ANALYZE predictions`` 22-27 -> 9-12 ms. The columns the
-planner needs (ids, job, status, leases, times of the items) keep theirs. Postgres only: SQLite
-keeps no such per-column setting.
+The items' texts, hashes (dropped in 0008), errors, modes and counters, and the predictions' JSON
+documents and figures are only ever read back, never searched, so those statistics were computed
+and never used. ``ANALYZE items`` runs inside the submit of every job of 5,000 items or more
+(``shared.db.items.refresh_item_statistics``) and on autovacuum's visits to a changed table.
+Measured on a 2-core Postgres 15 with 40,000 finished AG News items: ``ANALYZE items`` 88-109 ->
+35-41 ms, ``ANALYZE predictions`` 22-27 -> 9-12 ms. The columns the planner needs (ids, job,
+status, leases, times of the items) keep theirs. Postgres only: SQLite keeps no such setting.
 """
 
 from alembic import op
