@@ -11,6 +11,8 @@ import uuid
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from shared.vocab import OPEN_ITEM_STATUSES
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -77,6 +79,9 @@ class Job(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(sa.DateTime(timezone=True))
 
 
+_OPEN_ITEM = sa.text(f"status IN ({', '.join(repr(str(s)) for s in OPEN_ITEM_STATUSES)})")
+
+
 class Item(Base):
     """One text of a job, and its own mode when the caller set one (else the job's).
 
@@ -87,7 +92,9 @@ class Item(Base):
     __tablename__ = "items"
     __table_args__ = (
         sa.UniqueConstraint("job_id", "position", name="uq_items_job_id_position"),
-        sa.Index("ix_items_status_lease", "status", "lease_until"),
+        # open items only (migration 0009): finished ones leave it, and claims and lease renewals
+        # change no indexed column
+        sa.Index("ix_items_open", "status", postgresql_where=_OPEN_ITEM, sqlite_where=_OPEN_ITEM),
     )
 
     id: Mapped[int] = mapped_column(sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True)
