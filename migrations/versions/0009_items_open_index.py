@@ -11,7 +11,9 @@ stayed for good, so the index grew with the table that every finish wrote into. 
 read it (the sweeper's lapsed claims and lost messages, a job's pending items) look only at open
 items. A partial index on status over the open items only: a finished item leaves it, the index
 stays the size of the backlog, and the claim and lease renewals change no indexed column. On a
-2-core Postgres 15, alternated: the finishing UPDATE of 1,024 items 9.7 -> 8.7 ms.
+2-core Postgres 15, alternated, 1,024 items per statement: in a new table the finishing UPDATE
+9.7 -> 8.7 ms; beside 1,000,000 finished items (the old index 6.5 MB, the new one 0.2 MB) the
+claim 13.7 -> 12.2 ms and the finish 11.1 -> 9.8 ms.
 """
 
 import sqlalchemy as sa
