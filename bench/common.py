@@ -30,13 +30,11 @@ def database_facts(url: str) -> dict:
     machines differ: the AMX VM ran it, an EPYC VM had it off)."""
     import sqlalchemy as sa
 
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            version = conn.scalar(sa.text("SHOW server_version"))
-            autovacuum = conn.scalar(sa.text("SHOW autovacuum"))
-    finally:
-        engine.dispose()
+    from shared.db.engine import session_for
+
+    with session_for(url) as session:
+        version = session.scalar(sa.text("SHOW server_version"))
+        autovacuum = session.scalar(sa.text("SHOW autovacuum"))
     return {"postgres": f"{version}, autovacuum {autovacuum}"}
 
 
