@@ -1,15 +1,17 @@
-"""Give freed heap back to the OS between encoder tasks, at most every few seconds.
+"""Give freed heap back to the OS between encoder tasks, once it has grown by a set amount.
 
 The encoder allocates activations of a new size for every padded batch shape; glibc's malloc keeps
 the freed blocks in its arenas, so an embed worker's resident memory grew with every new shape
 (+390 MB over the last 12 % of a 100k-item job; +450 MB over 6,000 texts in a bare loop).
 ``malloc_trim(0)`` returns them: measured flat at ~510 MB over the same 6,000 texts.
 
-Not after every task: the next task then page-faults all its activations back in. Trimming after
-each 256-text task made the worker burn ~10 % more CPU than the same encoding without it (22.0
-against 24.1 CPU-seconds per 2,000 texts, AMD EPYC, bf16). Once every ``TRIM_INTERVAL_SECONDS``
-keeps memory bounded by what that many seconds of tasks retain, for a few tenths of a percent.
-A no-op where libc is not glibc.
+Only when the heap has grown: a trim makes the next task page-fault all its activations back in.
+Trimming before each task encoded ~4 % slower (2,000 AG News texts in two tasks, AMX VM), and
+trimming at most every 10 s still cost the pipeline a few points where jobs come every few
+seconds (docs/BENCHMARKS.md, issue 10, twelfth session). A worker encoding texts of shapes it has
+seen stays ~150-200 MB above its trimmed size and never trims; new shapes that keep growing it
+are trimmed every ``TRIM_AFTER_GROWTH_MB``, which bounds what freed heap a worker keeps.
+A no-op where libc is not glibc or ``/proc`` cannot be read.
 """
 
 from __future__ import annotations
@@ -18,10 +20,9 @@ import ctypes
 import ctypes.util
 import functools
 import os
-import time
 
-TRIM_INTERVAL_SECONDS = 10.0
-_last_trim = float("-inf")
+TRIM_AFTER_GROWTH_MB = 256.0
+_resident_after_trim: float | None = None  # this process's resident MB right after its last trim
 
 
 @functools.cache
@@ -33,15 +34,17 @@ def _malloc_trim():
         return None
 
 
-def release_freed_memory(min_interval: float = TRIM_INTERVAL_SECONDS) -> bool:
-    """Trim the heap unless this process did so less than ``min_interval`` seconds ago; whether it did."""
-    global _last_trim
-    trim = _malloc_trim()
-    now = time.monotonic()
-    if trim is None or now - _last_trim < min_interval:
+def release_freed_memory(growth_mb: float = TRIM_AFTER_GROWTH_MB) -> bool:
+    """Trim the heap if this process is ``growth_mb`` larger than right after its last trim (the first
+    call trims, to know that size); whether it did."""
+    global _resident_after_trim
+    trim, resident = _malloc_trim(), resident_mb()
+    if trim is None or resident is None:
+        return False
+    if _resident_after_trim is not None and resident < _resident_after_trim + growth_mb:
         return False
     trim(0)
-    _last_trim = now
+    _resident_after_trim = resident_mb()
     return True
 
 
