@@ -7,6 +7,8 @@ texts/s of sentence-transformers' ``encode`` (fp32, batch 32) and of fusionq's e
 precision this device runs, and the cosine similarity (min and mean) of each precision's pooled
 features to fp32. On a CPU with onnxruntime installed (the ``onnx`` extra) that includes int8; its
 first run exports and caches the int8 model (``FUSIONQ_ONNX_CACHE``) before timing.
+``--precisions fp32,int8`` times only those (a CPU without native bf16 runs it ~8x slower than fp32,
+so its row alone would take most of the run).
 
 On CUDA it also times sentence-transformers in the half precision ``auto`` picks, at its default
 batch of 32 and at 256, and with ``--budgets`` fusionq's ``auto`` at other token budgets per forward
@@ -36,6 +38,7 @@ from shared.encoders.precision import bf16_speedup_on_cpu, cpu_description, reso
 from shared.encoders.spec import EncoderSpec  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.textio import read_texts  # noqa: E402
+from shared.vocab import Precision  # noqa: E402
 
 MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -62,6 +65,15 @@ def parse_budgets(text: str) -> list[tuple[int, int | None]]:
     return budgets
 
 
+def parse_precisions(text: str) -> list[str]:
+    """``"int8,fp32"`` -> ["fp32", "int8"]: fp32 first, as the others' cosine is taken against it."""
+    asked = [p.strip() for p in text.split(",") if p.strip()]
+    known = [p.value for p in Precision if p != Precision.AUTO]
+    if unknown := [p for p in asked if p not in known]:
+        raise argparse.ArgumentTypeError(f"unknown precision {', '.join(unknown)}: choose from {', '.join(known)}")
+    return ["fp32"] + [p for p in dict.fromkeys(asked) if p != "fp32"]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="../shared/data/ag_news/test.csv")
@@ -70,6 +82,9 @@ def main() -> int:
     parser.add_argument("--model", default=MODEL)
     parser.add_argument("--budgets", type=parse_budgets, default=[],
                         help="comma-separated TOKENS[:TEXTS] budgets to time for auto, e.g. 65536:1024")
+    parser.add_argument("--precisions", type=parse_precisions, default=None,
+                        help="comma-separated precisions to time (fp32 always included, it is the reference), e.g. "
+                             "fp32,int8 where bf16 is emulated and would take many minutes; default: all this device runs")
     parser.add_argument("--out", default="bench/out/encoder_speed.json")
     args = parser.parse_args()
     data = Path(args.data) if Path(args.data).is_file() else sample_dir() / "test.csv"
@@ -111,6 +126,8 @@ def main() -> int:
             precisions.append("int8")
         else:
             print("onnxruntime is not installed (pip install 'fusionq[onnx]'): the int8 row is left out", flush=True)
+    if args.precisions:
+        precisions = args.precisions
     features = {}
     for precision in precisions:
         encoder = HFEncoder(EncoderSpec(model=args.model, precision=precision), device=settings.device)

@@ -35,7 +35,8 @@ def _add_encoder_options(parser: argparse.ArgumentParser, *, layers: bool = True
     parser.add_argument("--precision", choices=list(values(Precision)),
                         help="encoder number format (default FUSIONQ_ENCODER_PRECISION, auto: bf16 where the "
                              "hardware runs it faster than fp32, else fp32; fp16 on CUDA; int8 on a CPU through ONNX "
-                             "Runtime, faster and slightly lossy, needs pip install 'fusionq[onnx]')")
+                             "Runtime, faster where the CPU has VNNI or AMX and slightly lossy, needs pip install "
+                             "'fusionq[onnx]')")
 
 
 def _add_fusion_options(parser: argparse.ArgumentParser) -> None:

@@ -5,17 +5,25 @@ slower where it does not (pytorch issue 86270), so on a CPU ``auto`` takes bf16 
 allow it *and* a short measured check agrees. On CUDA it takes bf16 where supported, else fp16.
 ``int8`` (ONNX Runtime, :mod:`shared.encoders.onnx_int8`) is faster still on a CPU, but lossy and
 an optional install, so only a user who asks for it gets it.
+
+A precision asked for by name (a setting, or a classifier that was trained in it and is served in
+it) is used as asked, but where this CPU runs it slower than ``auto`` would, the load says so once
+with what to do: bf16 without native support ran MiniLM 8x slower than fp32 on an AVX2-only EPYC,
+and int8 there (7-bit weights, no VNNI) ran no faster than fp32 while still losing accuracy.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from pathlib import Path
 
-from shared.encoders.onnx_int8 import require_onnxruntime
+from shared.encoders.onnx_int8 import reduced_range, require_onnxruntime
 from shared.errors import EncoderError
 from shared.vocab import Precision
+
+log = logging.getLogger(__name__)
 
 BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
 MIN_SPEEDUP = 1.1  # bf16 must beat fp32 by this much in the check; a tie is not worth the rounding
@@ -90,6 +98,8 @@ def resolve_precision(requested: str, device) -> Precision:
                                "on CUDA use fp16 or bf16 (or auto)")
         require_onnxruntime()  # refused now, before any training work, rather than at the first encode
     if requested != Precision.AUTO:
+        if device.type == "cpu":
+            warn_if_slow_on_this_cpu(requested)
         return requested
     if device.type == "cuda":
         import torch
@@ -98,3 +108,30 @@ def resolve_precision(requested: str, device) -> Precision:
     if device.type == "cpu" and any(flag in cpu_flags() for flag in BF16_CPU_FLAGS):
         return Precision.BF16 if bf16_speedup_on_cpu() >= MIN_SPEEDUP else Precision.FP32
     return Precision.FP32
+
+
+def warn_if_slow_on_this_cpu(precision: Precision) -> None:
+    """Log, once per process and precision, when ``precision`` runs slower on this CPU than ``auto``'s
+    choice: bf16 without native support (no flag: known slow, not timed, since the emulated check takes
+    seconds) or slower in the measured check; int8 where ONNX Runtime has no VNNI/AMX."""
+    if precision == Precision.BF16:
+        if not any(flag in cpu_flags() for flag in BF16_CPU_FLAGS):
+            why = "it has no native bf16 (AMX/AVX512-BF16), and emulated bf16 ran the encoder 8x slower than fp32 " \
+                  "on an AVX2-only EPYC"
+        elif (speedup := bf16_speedup_on_cpu()) < 1.0:
+            why = f"its bf16 matrix products ran {1 / speedup:.1f}x slower than fp32 in a check just now"
+        else:
+            return
+        _warn_once(precision, f"encoder precision bf16 on this CPU ({cpu_description()}): {why}. The features are "
+                              "right, only slow: train with precision auto or fp32 for this hardware, or run these "
+                              "workers on a CPU with AMX/AVX512-BF16 or on a GPU")
+    elif precision == Precision.INT8 and reduced_range():
+        _warn_once(precision, f"encoder precision int8 on this CPU ({cpu_description()}): without VNNI/AMX, ONNX "
+                              "Runtime multiplies 7-bit weights with AVX2, and int8 ran no faster than fp32 on an "
+                              "AVX2-only EPYC (1.04x) while its features lose accuracy: precision auto (fp32 here) "
+                              "is the better choice on this hardware")
+
+
+@functools.cache
+def _warn_once(precision: Precision, message: str) -> None:
+    log.warning(message)

@@ -1,3 +1,6 @@
+import importlib.util
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -113,6 +116,29 @@ def test_precision_follows_the_hardware(monkeypatch):
     assert precision.resolve_precision("auto", cpu) == "bf16"
     monkeypatch.setattr(precision, "bf16_speedup_on_cpu", lambda: 1.02)
     assert precision.resolve_precision("auto", cpu) == "fp32"  # the flags say yes, the measured check says no
+
+
+def test_a_precision_asked_for_by_name_says_when_this_cpu_runs_it_slowly(monkeypatch, caplog):
+    from shared.encoders import precision
+
+    cpu = torch.device("cpu")
+
+    def resolved_with(flags, speedup, asked):
+        monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset(flags))
+        monkeypatch.setattr(precision, "bf16_speedup_on_cpu", lambda: speedup)
+        precision._warn_once.cache_clear()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger=precision.__name__):
+            assert precision.resolve_precision(asked, cpu) == asked  # used as asked, never swapped
+        return " ".join(r.getMessage() for r in caplog.records)
+
+    assert "no native bf16" in resolved_with({"avx2", "fma"}, 99.0, "bf16")  # no flag: known slow, not timed
+    assert "ran 2.0x slower than fp32 in a check" in resolved_with({"avx512_bf16"}, 0.5, "bf16")
+    assert resolved_with({"amx_bf16"}, 2.4, "bf16") == ""  # native and faster: nothing to say
+    assert resolved_with({"avx2"}, 99.0, "fp32") == ""
+    if importlib.util.find_spec("onnxruntime"):
+        assert "int8 ran no faster than fp32" in resolved_with({"avx2", "fma"}, 1.0, "int8")
+        assert resolved_with({"avx2", "avx512_vnni"}, 1.0, "int8") == ""
 
 
 def test_fine_tuning_arithmetic_follows_the_specs_precision(monkeypatch):
