@@ -7,7 +7,7 @@ texts/s of sentence-transformers' ``encode`` (fp32, batch 32) and of fusionq's e
 precision this device runs, and the cosine similarity (min and mean) of each precision's pooled
 features to fp32. On a CPU with onnxruntime installed (the ``onnx`` extra) that includes int8; its
 first run exports and caches the int8 model (``FUSIONQ_ONNX_CACHE``) before timing.
-``--precisions fp32,int8`` times only those (a CPU without native bf16 runs it ~8x slower than fp32,
+``--precisions fp32,int8`` times only those (a CPU without native bf16 runs it 6-8x slower than fp32,
 so its row alone would take most of the run).
 
 On CUDA it also times sentence-transformers in the half precision ``auto`` picks, at its default

@@ -8,7 +8,7 @@ an optional install, so only a user who asks for it gets it.
 
 A precision asked for by name (a setting, or a classifier that was trained in it and is served in
 it) is used as asked, but where this CPU runs it slower than ``auto`` would, the load says so once
-with what to do: bf16 without native support ran MiniLM 8x slower than fp32 on an AVX2-only EPYC,
+with what to do: bf16 without native support ran MiniLM 6-8x slower than fp32 on an AVX2-only EPYC,
 and int8 there (7-bit weights, no VNNI) ran no faster than fp32 while still losing accuracy.
 """
 
@@ -116,7 +116,7 @@ def warn_if_slow_on_this_cpu(precision: Precision) -> None:
     seconds) or slower in the measured check; int8 where ONNX Runtime has no VNNI/AMX."""
     if precision == Precision.BF16:
         if not any(flag in cpu_flags() for flag in BF16_CPU_FLAGS):
-            why = "it has no native bf16 (AMX/AVX512-BF16), and emulated bf16 ran the encoder 8x slower than fp32 " \
+            why = "it has no native bf16 (AMX/AVX512-BF16), and emulated bf16 ran the encoder 6-8x slower than fp32 " \
                   "on an AVX2-only EPYC"
         elif (speedup := bf16_speedup_on_cpu()) < 1.0:
             why = f"its bf16 matrix products ran {1 / speedup:.1f}x slower than fp32 in a check just now"
@@ -128,7 +128,7 @@ def warn_if_slow_on_this_cpu(precision: Precision) -> None:
     elif precision == Precision.INT8 and reduced_range():
         _warn_once(precision, f"encoder precision int8 on this CPU ({cpu_description()}): without VNNI/AMX, ONNX "
                               "Runtime multiplies 7-bit weights with AVX2, and int8 ran no faster than fp32 on an "
-                              "AVX2-only EPYC (1.04x) while its features lose accuracy: precision auto (fp32 here) "
+                              "AVX2-only EPYC (0.99x) while its features lose accuracy: precision auto (fp32 here) "
                               "is the better choice on this hardware")
 
 
