@@ -36,6 +36,7 @@ from shared.demo import sample_dir  # noqa: E402
 from shared.encoders.hf import HFEncoder, pick_device, resolve_model_path  # noqa: E402
 from shared.encoders.precision import bf16_speedup_on_cpu, cpu_description, resolve_precision, torch_dtype  # noqa: E402
 from shared.encoders.spec import EncoderSpec  # noqa: E402
+from shared.errors import EncoderError  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.textio import read_texts  # noqa: E402
 from shared.vocab import Precision  # noqa: E402
@@ -120,14 +121,20 @@ def main() -> int:
     except ImportError:
         print("sentence-transformers is not installed: its row is left out", flush=True)
 
-    precisions = ["fp32", "bf16"] + (["fp16"] if device.type == "cuda" else [])
-    if device.type == "cpu":
-        if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
-            precisions.append("int8")
-        else:
-            print("onnxruntime is not installed (pip install 'fusionq[onnx]'): the int8 row is left out", flush=True)
     if args.precisions:
         precisions = args.precisions
+        for precision in precisions:  # one this device cannot run is refused now, not after minutes of timing
+            try:
+                resolve_precision(precision, device)
+            except EncoderError as exc:
+                parser.error(f"--precisions: {exc}")
+    else:
+        precisions = ["fp32", "bf16"] + (["fp16"] if device.type == "cuda" else [])
+        if device.type == "cpu":
+            if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
+                precisions.append("int8")
+            else:
+                print("onnxruntime is not installed (pip install 'fusionq[onnx]'): the int8 row is left out", flush=True)
     features = {}
     for precision in precisions:
         encoder = HFEncoder(EncoderSpec(model=args.model, precision=precision), device=settings.device)

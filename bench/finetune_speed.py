@@ -25,7 +25,7 @@ from bench.common import machine, write_result  # noqa: E402
 
 from shared.encoders import finetune  # noqa: E402
 from shared.encoders.hf import pick_device  # noqa: E402
-from shared.encoders.precision import BF16_CPU_FLAGS, cpu_flags  # noqa: E402
+from shared.encoders.precision import native_bf16_cpu  # noqa: E402
 from shared.encoders.spec import EncoderSpec  # noqa: E402
 from shared.fusion.training import encode_targets  # noqa: E402
 from shared.errors import InputError  # noqa: E402
@@ -65,7 +65,7 @@ def main() -> int:
         configs = [("random batches, bf16 autocast", "bf16", True), ("length-grouped, bf16 autocast", "bf16", False)]
     else:
         configs = [("random batches, fp32", "fp32", True), ("length-grouped, fp32", "fp32", False)]
-        if any(f in cpu_flags() for f in BF16_CPU_FLAGS):
+        if native_bf16_cpu():
             configs.append(("length-grouped, bf16 autocast", "bf16", False))
 
     def tune(precision: str, n: int):  # one epoch over the first n texts (load, train, validate on 32, save)

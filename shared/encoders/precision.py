@@ -63,6 +63,11 @@ def cpu_description() -> str:
     return f"{model} [{' '.join(relevant) or 'no AMX/AVX512-BF16/VNNI'}]"
 
 
+def native_bf16_cpu() -> bool:
+    """Whether this CPU multiplies bf16 natively (AMX or AVX512-BF16); elsewhere bf16 is emulated."""
+    return any(flag in cpu_flags() for flag in BF16_CPU_FLAGS)
+
+
 @functools.cache
 def bf16_speedup_on_cpu(width: int = 384) -> float:
     """fp32 time / bf16 time of a transformer-sized matrix product on this CPU (best of a few runs)."""
@@ -105,7 +110,7 @@ def resolve_precision(requested: str, device) -> Precision:
         import torch
 
         return Precision.BF16 if torch.cuda.is_bf16_supported() else Precision.FP16
-    if device.type == "cpu" and any(flag in cpu_flags() for flag in BF16_CPU_FLAGS):
+    if device.type == "cpu" and native_bf16_cpu():
         return Precision.BF16 if bf16_speedup_on_cpu() >= MIN_SPEEDUP else Precision.FP32
     return Precision.FP32
 
@@ -115,23 +120,23 @@ def warn_if_slow_on_this_cpu(precision: Precision) -> None:
     choice: bf16 without native support (no flag: known slow, not timed, since the emulated check takes
     seconds) or slower in the measured check; int8 where ONNX Runtime has no VNNI/AMX."""
     if precision == Precision.BF16:
-        if not any(flag in cpu_flags() for flag in BF16_CPU_FLAGS):
+        if not native_bf16_cpu():
             why = "it has no native bf16 (AMX/AVX512-BF16), and emulated bf16 ran the encoder 6-8x slower than fp32 " \
                   "on an AVX2-only EPYC"
         elif (speedup := bf16_speedup_on_cpu()) < 1.0:
             why = f"its bf16 matrix products ran {1 / speedup:.1f}x slower than fp32 in a check just now"
         else:
             return
-        _warn_once(precision, f"encoder precision bf16 on this CPU ({cpu_description()}): {why}. The features are "
+        _warn_once(f"encoder precision bf16 on this CPU ({cpu_description()}): {why}. The features are "
                               "right, only slow: train with precision auto or fp32 for this hardware, or run these "
                               "workers on a CPU with AMX/AVX512-BF16 or on a GPU")
     elif precision == Precision.INT8 and reduced_range():
-        _warn_once(precision, f"encoder precision int8 on this CPU ({cpu_description()}): without VNNI/AMX, ONNX "
+        _warn_once(f"encoder precision int8 on this CPU ({cpu_description()}): without VNNI/AMX, ONNX "
                               "Runtime multiplies 7-bit weights with AVX2, and int8 ran no faster than fp32 on an "
                               "AVX2-only EPYC (0.99x) and lost 0.2-1.3 points of test accuracy (AG News, R8): "
                               "precision auto (fp32 here) is the better choice on this hardware")
 
 
 @functools.cache
-def _warn_once(precision: Precision, message: str) -> None:
+def _warn_once(message: str) -> None:
     log.warning(message)
