@@ -16,20 +16,7 @@ from sqlalchemy.orm import Session
 from shared.db.common import ClaimedItem, claimable, insert_ignoring_conflicts, json_rows, lease_end, on_postgres
 from shared.db.jobs import job_not_found, job_with_classifier
 from shared.db.models import Classifier, Item, ItemFeatures, Job, Prediction, utcnow
-from shared.dispatch import chunks
 from shared.vocab import OPEN_ITEM_STATUSES, WAITING_FOR_AGGREGATOR, ItemStatus
-
-
-def pending_item_batches(*, session: Session, job_id: uuid.UUID, items_per_batch: int) -> list[list[int]]:
-    """Ids of the job's pending items, in runs of ``items_per_batch``, grouped by similar length.
-
-    Sorting by length before cutting lets each embed task pad little.
-    """
-    rows = session.execute(
-        sa.select(Item.id).where(Item.job_id == job_id, Item.status == ItemStatus.PENDING)
-        .order_by(sa.func.length(Item.text), Item.id)
-    ).scalars().all()
-    return chunks(rows, items_per_batch)
 
 
 def refresh_item_statistics(*, session: Session) -> None:

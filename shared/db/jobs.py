@@ -10,6 +10,7 @@ import functools
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -31,6 +32,15 @@ class NewItem:
     error: str | None = None
 
 
+class CreatedJob(NamedTuple):
+    """What :func:`create_job` did: the job, whether this call created it, and the ids of its
+    items waiting for the encoder, shortest text first (so a run cut from them pads little)."""
+
+    job: Job
+    created: bool
+    waiting_for_encoder: list[int]
+
+
 def create_job(
     *,
     session: Session,
@@ -45,18 +55,19 @@ def create_job(
     budget_items: int | None = None,
     budget_usd: float | None = None,
     notify: dict | None = None,
-) -> tuple[Job, bool]:
+) -> CreatedJob:
     """Insert a job, its items and the LLM requests its modes need, in the caller's transaction.
 
     Items with an ``error`` are stored already ``failed``, so one bad text never stops the others.
     Items in mode ``full`` get a request per tier and those in mode ``llm`` one for
     ``llm_source``, all queued now (the LLM runs beside the encoder). With an ``idempotency_key``
-    seen before, the earlier job is returned. Returns (job, created).
+    seen before, the earlier job is returned (created False, nothing to encode: its messages went
+    out with it).
     """
     if idempotency_key:
         existing = job_for_idempotency_key(session, idempotency_key, classifier, len(items))
         if existing is not None:
-            return existing, False
+            return CreatedJob(existing, False, [])
     now = utcnow()
     job = Job(id=uuid.uuid4(), classifier_id=classifier.id if classifier else None, mode=mode, status=JobStatus.QUEUED,
               labels=labels, multi_label=multi_label, llm_source=llm_source, tiers=list(tiers or []) or None,
@@ -78,7 +89,7 @@ def create_job(
     session.add(job)
     session.flush()
     if not rows:
-        return job, True
+        return CreatedJob(job, True, [])
     ids = _insert_items(session, rows)
     requests = []
     for row in rows:
@@ -91,7 +102,9 @@ def create_job(
                                         reason=RequestReason(effective), now=now))
     if requests:
         session.execute(sa.insert(LlmRequest), requests)
-    return job, True
+    # shortest text first, ties by id: sorted here from what was just written, not read back
+    length = {ids[r["position"]]: len(r["text"]) for r in rows if r["status"] == ItemStatus.PENDING}
+    return CreatedJob(job, True, sorted(length, key=lambda item_id: (length[item_id], item_id)))
 
 
 # Postgres: the items arrive as one JSON document (json_rows), so the statement and its parsing stay

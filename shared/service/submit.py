@@ -14,12 +14,12 @@ from collections.abc import Callable, Sequence
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from shared.db.engine import session_for
-from shared.db.items import pending_item_batches, refresh_item_statistics
+from shared.db.items import refresh_item_statistics
 from shared.db.jobs import NewItem, create_job, job_for_idempotency_key
 from shared.db.llm import queued_request_batches
 from shared.db.models import Classifier
 from shared.db.registry import find_classifier
-from shared.dispatch import LLM_TASKS, Dispatcher, TaskName
+from shared.dispatch import LLM_TASKS, Dispatcher, TaskName, chunks
 from shared.errors import BrokerUnavailable, InputError
 from shared.llm.prompts import PROMPT_VERSION
 from shared.llm.sources import configured_sources
@@ -132,12 +132,12 @@ def store_job(settings: Settings, texts: list[str], *, classifier_ref: str | Non
             budget = budget or Budget()
             if clf is not None:
                 job.update(escalation_plan(settings, clf, used_modes or {mode}))
-            row, created = create_job(session=session, classifier=clf, items=items, mode=mode, idempotency_key=key,
-                                      budget_items=budget.items, budget_usd=budget.usd, **job)
+            row, created, waiting = create_job(session=session, classifier=clf, items=items, mode=mode,
+                                               idempotency_key=key, budget_items=budget.items, budget_usd=budget.usd,
+                                               **job)
             if not created:
                 return row.id, []
-            sends: Sends = [(TaskName.EMBED, batch) for batch in pending_item_batches(
-                session=session, job_id=row.id, items_per_batch=settings.embed_items_per_task)]
+            sends: Sends = [(TaskName.EMBED, batch) for batch in chunks(waiting, settings.embed_items_per_task)]
             for source, batches in queued_request_batches(session=session, job_id=row.id,
                                                           items_per_batch=settings.llm_batch_items).items():
                 sends += [(LLM_TASKS[source], batch) for batch in batches]

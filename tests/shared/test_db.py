@@ -74,8 +74,8 @@ def test_analyze_keeps_statistics_only_for_columns_queries_use(postgres_url):
     columns (migration 0007) and still gives the planner the status, job and leases it plans claims with."""
     db.upgrade(postgres_url)
     with db.session_for(postgres_url) as session, session.begin():
-        job, _ = create_job(session=session, classifier=_classifier(session), mode="fast", idempotency_key=None,
-                            items=new_items([f"text number {n}" for n in range(50)], max_chars=100))
+        job, _, _ = create_job(session=session, classifier=_classifier(session), mode="fast", idempotency_key=None,
+                               items=new_items([f"text number {n}" for n in range(50)], max_chars=100))
         store_predictions(session=session, from_statuses=("pending",), rows=[
             {"item_id": item_id, "labels": ["a"], "probabilities": [0.9, 0.1], "confidence": 0.9, "signals": ["encoder"],
              "flags": [], "latency_ms": 1.0}
@@ -99,14 +99,12 @@ def test_idempotency_key_returns_the_same_job_and_refuses_other_requests(db_sett
     url = db_settings.effective_database_url
     with db.session_for(url) as session, session.begin():
         clf = _classifier(session)
-        first, created = create_job(session=session, classifier=clf, items=new_items(["x", "y"], max_chars=100),
-                            mode="fast",
-                                    idempotency_key="k1")
+        first, created, _ = create_job(session=session, classifier=clf, items=new_items(["x", "y"], max_chars=100),
+                                       mode="fast", idempotency_key="k1")
         assert created
     with db.session_for(url) as session, session.begin():
-        again, created = create_job(session=session, classifier=clf, items=new_items(["x", "y"], max_chars=100),
-                            mode="fast",
-                                    idempotency_key="k1")
+        again, created, _ = create_job(session=session, classifier=clf, items=new_items(["x", "y"], max_chars=100),
+                                       mode="fast", idempotency_key="k1")
         assert (again.id, created) == (first.id, False)
         with pytest.raises(IdempotencyConflict, match="already names job"):
             create_job(session=session, classifier=clf, items=new_items(["x"], max_chars=100),
@@ -120,9 +118,9 @@ def test_bad_texts_become_failed_items_and_the_rest_stay_pending(db_settings):
     with db.session_for(db_settings.effective_database_url) as session, session.begin():
         clf = _classifier(session)
         huge = "z" * (REFUSED_TEXT_PREFIX_CHARS + 5000)
-        job, _ = create_job(session=session, classifier=clf, items=new_items(["ok", "", "  ", huge], max_chars=100),
-                            mode="fast",
-                            idempotency_key=None)
+        job, _, _ = create_job(session=session, classifier=clf, items=new_items(["ok", "", "  ", huge], max_chars=100),
+                               mode="fast",
+                               idempotency_key=None)
         items = session.scalars(sa.select(Item).where(Item.job_id == job.id).order_by(Item.position)).all()
         assert [i.status for i in items] == ["pending", "failed", "failed", "failed"]
         assert items[3].error.startswith(f"text has {len(huge):,} characters, above the limit of 100")
@@ -139,8 +137,8 @@ AWKWARD_TEXTS = ['say "hi" \\ and \\n not a newline', "line one\nline two\tand a
 def test_a_jobs_texts_are_stored_verbatim(db_settings):
     """The bulk insert (one JSON document on Postgres, rows on SQLite) loses and changes nothing."""
     with db.session_for(db_settings.effective_database_url) as session, session.begin():
-        job, _ = create_job(session=session, classifier=_classifier(session), mode="fast", idempotency_key=None,
-                            items=new_items(AWKWARD_TEXTS, max_chars=100), )
+        job, _, _ = create_job(session=session, classifier=_classifier(session), mode="fast", idempotency_key=None,
+                               items=new_items(AWKWARD_TEXTS, max_chars=100), )
         stored = session.execute(sa.select(Item.position, Item.text, Item.mode, Item.status, Item.error)
                                  .where(Item.job_id == job.id).order_by(Item.position)).all()
     assert [row.text for row in stored] == AWKWARD_TEXTS
@@ -153,8 +151,8 @@ def test_texts_postgres_or_json_cannot_carry_are_refused_and_stored_cleaned(db_s
     bulk insert (one JSON document on Postgres) carries it, and the other items go in as usual."""
     texts = ["fine", "a\x00b", "bad \ud800 half"]
     with db.session_for(db_settings.effective_database_url) as session, session.begin():
-        job, _ = create_job(session=session, classifier=_classifier(session), mode="fast", idempotency_key=None,
-                            items=new_items(texts, max_chars=100))
+        job, _, _ = create_job(session=session, classifier=_classifier(session), mode="fast", idempotency_key=None,
+                               items=new_items(texts, max_chars=100))
         stored = session.execute(sa.select(Item.text, Item.status, Item.error).where(Item.job_id == job.id)
                                  .order_by(Item.position)).all()
     assert [(row.text, row.status) for row in stored] == [("fine", "pending"), ("a\ufffdb", "failed"),
@@ -167,8 +165,8 @@ def test_predictions_are_stored_as_given_once(db_settings):
     on SQLite), only for items that move now: a second call, or one from the wrong status, adds
     nothing. Each prediction is stamped with the time it was stored."""
     with db.session_for(db_settings.effective_database_url) as session, session.begin():
-        job, _ = create_job(session=session, classifier=_classifier(session), mode="fast", idempotency_key=None,
-                            items=new_items(["a", "b", "c"], max_chars=100))
+        job, _, _ = create_job(session=session, classifier=_classifier(session), mode="fast", idempotency_key=None,
+                               items=new_items(["a", "b", "c"], max_chars=100))
         ids = session.scalars(sa.select(Item.id).where(Item.job_id == job.id).order_by(Item.position)).all()
         session.execute(sa.update(Item).where(Item.id.in_(ids[:2])).values(status="embedded"))
         rows = [{"item_id": item_id, "labels": labels, "probabilities": [0.123457, 0.876543], "confidence": 0.876543,
@@ -191,8 +189,8 @@ def test_upserts_are_idempotent_and_refresh_completes_the_job(db_settings):
     url = db_settings.effective_database_url
     with db.session_for(url) as session, session.begin():
         clf = _classifier(session)
-        job, _ = create_job(session=session, classifier=clf, items=new_items(["a", "b"], max_chars=100),
-                            mode="fast", idempotency_key=None)
+        job, _, _ = create_job(session=session, classifier=clf, items=new_items(["a", "b"], max_chars=100),
+                               mode="fast", idempotency_key=None)
     with db.session_for(url) as session, session.begin():
         ids = session.scalars(sa.select(Item.id).where(Item.job_id == job.id)).all()
         rows = [{"item_id": i, "encoder_key": "k", "dim": 1, "vector": b"\0\0\0\0"} for i in ids]

@@ -37,8 +37,8 @@ def _submit(settings, texts, *, mode="auto", **job):
     with session_for(settings.effective_database_url) as session, session.begin():
         clf = session.scalars(sa.select(Classifier)).one()
         items = new_items(texts, max_chars=settings.max_text_chars, item_modes=job.pop("item_modes", None))
-        row, _ = create_job(session=session, classifier=clf, items=items, mode=mode, idempotency_key=None,
-                            tiers=TIERS, llm_source="local", **job)
+        row, _, _ = create_job(session=session, classifier=clf, items=items, mode=mode, idempotency_key=None,
+                               tiers=TIERS, llm_source="local", **job)
     with session_for(settings.effective_database_url) as session:
         ids = session.scalars(sa.select(Item.id).where(Item.job_id == row.id).order_by(Item.position)).all()
     return str(row.id), list(ids)

@@ -35,8 +35,8 @@ def _job(settings: Settings, n: int, mode: str = "fast") -> list[int]:
     options = (dict(classifier=None, labels={"names": ["a", "b"], "descriptions": ["", ""]}, multi_label=False,
                     llm_source="local") if mode == "llm" else dict(classifier=None))
     with session_for(settings.effective_database_url) as session, session.begin():
-        job, _ = create_job(session=session, items=new_items([f"t{i}" for i in range(n)], max_chars=100), mode=mode,
-                            idempotency_key=None, **options)
+        job, _, _ = create_job(session=session, items=new_items([f"t{i}" for i in range(n)], max_chars=100), mode=mode,
+                               idempotency_key=None, **options)
         return list(session.scalars(sa.select(Item.id).where(Item.job_id == job.id).order_by(Item.position)))
 
 

@@ -17,8 +17,8 @@ from tests.conftest import make_topic_texts, train_topics
 def _submit(settings, texts):
     with session_for(settings.effective_database_url) as session, session.begin():
         clf = session.scalars(sa.select(Classifier)).one()
-        job, _ = create_job(session=session, classifier=clf, items=new_items(texts, max_chars=settings.max_text_chars),
-                            mode="fast", idempotency_key=None)
+        job, _, _ = create_job(session=session, classifier=clf, items=new_items(texts, max_chars=settings.max_text_chars),
+                               mode="fast", idempotency_key=None)
     with session_for(settings.effective_database_url) as session:
         ids = session.scalars(sa.select(Item.id).where(Item.job_id == job.id).order_by(Item.position)).all()
     return str(job.id), list(ids)

@@ -11,9 +11,8 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from shared.db.engine import session_for, upgrade
-from shared.db.items import pending_item_batches
 from shared.db.jobs import create_job
-from shared.service.submit import new_items
+from shared.dispatch import chunks
 from shared.service.submit import new_items
 from shared.db.models import Classifier, Item
 from shared.errors import DataFileError, InputError, LLMAnswerError
@@ -41,11 +40,15 @@ def pg_session_url(postgres_url):
 def test_any_texts_are_stored_exactly_or_failed_with_a_reason_and_batched_once(pg_session_url, texts, per_batch):
     with session_for(pg_session_url) as session, session.begin():
         clf = session.scalars(sa.select(Classifier)).one()
-        job, _ = create_job(session=session, classifier=clf, items=new_items(texts, max_chars=MAX_CHARS),
-                            mode="fast", idempotency_key=None)
-        batches = pending_item_batches(session=session, job_id=job.id, items_per_batch=per_batch)
+        job, _, waiting = create_job(session=session, classifier=clf, items=new_items(texts, max_chars=MAX_CHARS),
+                                     mode="fast", idempotency_key=None)
+        batches = chunks(waiting, per_batch)
         items = session.execute(sa.select(Item.position, Item.text, Item.status, Item.error)
                                 .where(Item.job_id == job.id).order_by(Item.position)).all()
+        # the runs are cut from memory: the order must be the one Postgres gives the stored texts
+        by_length = session.scalars(sa.select(Item.id).where(Item.job_id == job.id, Item.status == "pending")
+                                    .order_by(sa.func.length(Item.text), Item.id)).all()
+    assert waiting == by_length
     assert [i.position for i in items] == list(range(len(texts)))  # nothing lost, nothing added
     for item, text in zip(items, texts):
         problem = text_problem(text, max_chars=MAX_CHARS)
@@ -62,9 +65,9 @@ def test_a_huge_job_is_split_into_bounded_batches(pg_session_url):
     texts = [f"text {i} " * (1 + i % 50) for i in range(20_000)]
     with session_for(pg_session_url) as session, session.begin():
         clf = session.scalars(sa.select(Classifier)).one()
-        job, _ = create_job(session=session, classifier=clf, items=new_items(texts, max_chars=MAX_CHARS),
-                            mode="fast", idempotency_key=None)
-        batches = pending_item_batches(session=session, job_id=job.id, items_per_batch=256)
+        _, _, waiting = create_job(session=session, classifier=clf, items=new_items(texts, max_chars=MAX_CHARS),
+                                   mode="fast", idempotency_key=None)
+    batches = chunks(waiting, 256)
     assert len(batches) == math.ceil(20_000 / 256) and sum(len(b) for b in batches) == 20_000
     assert len({i for b in batches for i in b}) == 20_000
 

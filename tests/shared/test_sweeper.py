@@ -55,8 +55,8 @@ def _job(settings: Settings, n: int, *, mode: str = "fast") -> tuple[str, list[i
         else:
             options = dict(classifier=session.scalars(sa.select(Classifier)).one(),
                            tiers=[{"source": "local", "threshold": None}] if mode == "full" else None)
-        job, _ = create_job(session=session, items=new_items([f"text {i}" for i in range(n)], max_chars=1000),
-                            mode=mode, idempotency_key=None, **options)
+        job, _, _ = create_job(session=session, items=new_items([f"text {i}" for i in range(n)], max_chars=1000),
+                               mode=mode, idempotency_key=None, **options)
     with session_for(url) as session:
         ids = session.scalars(sa.select(Item.id).where(Item.job_id == job.id).order_by(Item.position)).all()
     return str(job.id), list(ids)
