@@ -1,4 +1,4 @@
-"""Running torch work on a thread that ends with it.
+"""Running torch work on a thread that ends with it, or beside a database statement.
 
 PyTorch's CPU build runs its intra-op parallelism on OpenMP, and OpenMP keeps a team of threads
 for every thread that ever ran a parallel operation, for as long as that thread lives. Two live
@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
+S = TypeVar("S")
 
 
 def run_on_own_thread(work: Callable[[], T], *, name: str, finish_when_interrupted: bool = False) -> T:
@@ -56,3 +57,37 @@ def run_on_own_thread(work: Callable[[], T], *, name: str, finish_when_interrupt
 def _raise_in(thread: threading.Thread, exception: type[BaseException]) -> None:
     """Raise ``exception`` in ``thread`` at its next bytecode (CPython's asynchronous exception)."""
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(exception))
+
+
+def run_beside_database(statement: Callable[[], S], work: Callable[[], T]) -> tuple[S, T]:
+    """``statement()`` (a database call: it waits on the server) on a helper thread while ``work()``
+    runs here on one torch thread fewer; both results, once both are done.
+
+    On two cores the server's process takes one while the statement runs: torch's team of two would
+    share it and stall at every barrier, one thread keeps the other core (the fast finish of 1,024
+    items, its UPDATE beside the fusion network's decision: 40 -> 33 ms on the 2-core AMX VM,
+    docs/BENCHMARKS.md, issue 10, fourteenth session). The statement's thread is joined before this
+    returns or raises, so the connection is never used by two threads at once; its exception is
+    raised here, after ``work``'s."""
+    import torch
+
+    outcome: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = statement()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, re-raised there
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="fusionq-statement", daemon=True)
+    threads = torch.get_num_threads()
+    thread.start()
+    try:
+        torch.set_num_threads(max(1, threads - 1))
+        result = work()
+    finally:
+        torch.set_num_threads(threads)
+        thread.join()
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["value"], result  # type: ignore[return-value]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from shared.db.common import ClaimedItem, claimable, insert_ignoring_conflicts, json_rows, lease_end, on_postgres
 from shared.db.jobs import job_not_found, job_with_classifier
 from shared.db.models import Classifier, Item, ItemFeatures, Job, Prediction, utcnow
+from shared.threads import run_beside_database
 from shared.vocab import OPEN_ITEM_STATUSES, WAITING_FOR_AGGREGATOR, ItemStatus
 
 
@@ -134,24 +135,42 @@ def mark_failed(*, session: Session, errors: dict[int, str], token: int | None =
     return failed
 
 
-def store_predictions(*, session: Session, rows: Sequence[dict],
+def store_predictions(*, session: Session, item_ids: Sequence[int], make_rows: Callable[[], Sequence[dict]],
                       from_statuses: Sequence[str] = WAITING_FOR_AGGREGATOR, token: int | None = None) -> int:
-    """Mark the rows' items done and store their predictions (one per item, unique); how many became done now.
+    """Mark ``item_ids`` done and store their predictions, one row per id from ``make_rows()``; how
+    many became done now.
 
     ``from_statuses``: where the items may come from (the embed stage finishes fast items straight
     from pending, under its claim ``token``). Only items that move now get a prediction, so a late
     or repeated writer adds none. Each prediction's ``created_at`` is this call's time, sent once,
-    not per row. Core statements on the session's connection: the hot path skips the ORM."""
+    not per row. Core statements on the session's connection: the hot path skips the ORM. On
+    Postgres the items' UPDATE runs while ``make_rows`` computes the rows (the fusion network's
+    decision): the server's core and this one work at once (``run_beside_database``)."""
     postgres = on_postgres(session)
     now = utcnow()
-    params = {"the_ids": [r["item_id"] for r in rows], "from_statuses": [str(s) for s in from_statuses],
+    params = {"the_ids": list(item_ids), "from_statuses": [str(s) for s in from_statuses],
               "the_time": now, **({} if token is None else {"the_token": token})}
-    moved = set(session.connection().execute(_finish_statement(token is not None, postgres), params).scalars())
-    finished = [r for r in rows if r["item_id"] in moved]
-    if postgres and finished:
-        session.connection().execute(_INSERT_PREDICTIONS_FROM_JSON, {"the_rows": json_rows(finished), "the_time": now})
-    else:
+    connection = session.connection()
+    statement = _finish_statement(token is not None, postgres)
+
+    def mark_done() -> set[int]:
+        return set(connection.execute(statement, params).scalars())
+
+    if not postgres:  # SQLite's connection stays on the thread that opened it
+        moved = mark_done()
+        finished = [r for r in make_rows() if r["item_id"] in moved]
         insert_ignoring_conflicts(session, Prediction, [{**r, "created_at": now} for r in finished], keys=("item_id",))
+        return len(moved)
+
+    def rows_as_document() -> tuple[Sequence[dict], str]:
+        rows = make_rows()
+        return rows, json_rows(rows)
+
+    moved, (rows, document) = run_beside_database(mark_done, rows_as_document)
+    finished = [r for r in rows if r["item_id"] in moved]
+    if finished:  # usually every row: the document is already made
+        document = document if len(finished) == len(rows) else json_rows(finished)
+        connection.execute(_INSERT_PREDICTIONS_FROM_JSON, {"the_rows": document, "the_time": now})
     return len(moved)
 
 

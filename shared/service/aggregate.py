@@ -97,7 +97,8 @@ def _aggregate(settings: Settings, session, job: Job, classifier: Classifier | N
                 [(item.item_id, item.job_created_at) for _, item, _ in keep],
                 [_signals(item) for _, item, _ in keep], [flags for _, _, flags in keep])
     if rows:
-        outcome.written = store_predictions(session=session, rows=rows)
+        outcome.written = store_predictions(session=session, item_ids=[r["item_id"] for r in rows],
+                                            make_rows=lambda: rows)
     return outcome
 
 
@@ -108,9 +109,12 @@ def finish_fast_items(session, job: Job, artifact: ClassifierArtifact, features:
     add a message and a commit. Returns how many items this finished (and counts them on the job)."""
     if not item_ids:
         return 0
-    rows = _prediction_rows(artifact.decide(features), artifact.labels, [(i, job.created_at) for i in item_ids],
-                            [[ENCODER_SIGNAL] for _ in item_ids], [[] for _ in item_ids])
-    done = store_predictions(session=session, rows=rows, from_statuses=(ItemStatus.PENDING,), token=token)
+    def rows() -> list[dict]:  # the network's decision runs while Postgres marks the items done
+        return _prediction_rows(artifact.decide(features), artifact.labels, [(i, job.created_at) for i in item_ids],
+                                [[ENCODER_SIGNAL] for _ in item_ids], [[] for _ in item_ids])
+
+    done = store_predictions(session=session, item_ids=item_ids, make_rows=rows, from_statuses=(ItemStatus.PENDING,),
+                             token=token)
     count_finished(session=session, job_id=job.id, done=done)
     return done
 

@@ -76,10 +76,10 @@ def test_analyze_keeps_statistics_only_for_columns_queries_use(postgres_url):
     with db.session_for(postgres_url) as session, session.begin():
         job, _, _ = create_job(session=session, classifier=_classifier(session), mode="fast", idempotency_key=None,
                                items=new_items([f"text number {n}" for n in range(50)], max_chars=100))
-        store_predictions(session=session, from_statuses=("pending",), rows=[
+        ids = session.scalars(sa.select(Item.id).where(Item.job_id == job.id)).all()
+        store_predictions(session=session, from_statuses=("pending",), item_ids=ids, make_rows=lambda: [
             {"item_id": item_id, "labels": ["a"], "probabilities": [0.9, 0.1], "confidence": 0.9, "signals": ["encoder"],
-             "flags": [], "latency_ms": 1.0}
-            for item_id in session.scalars(sa.select(Item.id).where(Item.job_id == job.id))])
+             "flags": [], "latency_ms": 1.0} for item_id in ids])
     with db.get_engine(postgres_url).connect() as conn:
         conn.execute(sa.text("ANALYZE items, predictions"))
         analysed = {(table, column) for table, column in conn.execute(sa.text(
@@ -173,9 +173,9 @@ def test_predictions_are_stored_as_given_once(db_settings):
                  "signals": ["encoder", "llm:local:logprobs"], "flags": flags, "latency_ms": 12.5}
                 for item_id, labels, flags in zip(ids, (["b"], [], ["a", "b"]), ([], ["missing:llm:api"], []))]
         before = utcnow()
-        assert store_predictions(session=session, rows=rows) == 2  # the third item is still pending
+        assert store_predictions(session=session, item_ids=ids, make_rows=lambda: rows) == 2  # the third is pending
         after = utcnow()
-        assert store_predictions(session=session, rows=rows) == 0
+        assert store_predictions(session=session, item_ids=ids, make_rows=lambda: rows) == 0
         stored = session.scalars(sa.select(Prediction).order_by(Prediction.item_id)).all()
         got = [{column: getattr(p, column) for column in rows[0]} for p in stored]
         stamped = [p.created_at.replace(tzinfo=before.tzinfo) for p in stored]  # SQLite hands them back without zone

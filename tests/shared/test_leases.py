@@ -75,20 +75,25 @@ def test_a_late_writer_whose_claim_was_taken_over_writes_nothing(settings):
     vectors = {i: np.ones(4, dtype=np.float32).tobytes() for i in ids}
     rows = [{"item_id": i, "labels": ["a"], "probabilities": [0.9, 0.1], "confidence": 0.9, "signals": ["encoder"],
              "flags": [], "latency_ms": 1.0} for i in ids]
+
+    def predict(session, some_ids, token):
+        return store_predictions(session=session, item_ids=some_ids, from_statuses=("pending",), token=token,
+                                 make_rows=lambda: [r for r in rows if r["item_id"] in some_ids])
+
     with session_for(settings.effective_database_url) as session, session.begin():
         assert store_features(session=session, encoder_key="k", vectors=vectors, dim=4, token=111) == []
-        assert store_predictions(session=session, rows=rows, from_statuses=("pending",), token=111) == 0
+        assert predict(session, ids, token=111) == 0
         assert sum(mark_failed(session=session, errors={ids[0]: "boom"}, token=111).values()) == 0
     with session_for(settings.effective_database_url) as session:
         assert session.scalar(sa.select(sa.func.count()).select_from(Prediction)) == 0
         assert session.scalar(sa.select(sa.func.count()).select_from(ItemFeatures)) == 0
         assert set(session.scalars(sa.select(Item.status))) == {"pending"}
     with session_for(settings.effective_database_url) as session, session.begin():
-        assert store_predictions(session=session, rows=rows[:1], from_statuses=("pending",), token=222) == 1
+        assert predict(session, ids[:1], token=222) == 1
         assert store_features(session=session, encoder_key="k", vectors=vectors, dim=4, token=222) == ids[1:]
     with session_for(settings.effective_database_url) as session, session.begin():  # A wakes up again: too late
-        assert store_predictions(session=session, rows=rows, from_statuses=("pending",), token=111) == 0
-        assert store_predictions(session=session, rows=rows[:1], from_statuses=("pending",), token=222) == 0
+        assert predict(session, ids, token=111) == 0
+        assert predict(session, ids[:1], token=222) == 0
     with session_for(settings.effective_database_url) as session:
         assert session.scalars(sa.select(Prediction.item_id)).all() == [ids[0]]
         statuses = dict(session.execute(sa.select(Item.id, Item.status)).tuples().all())

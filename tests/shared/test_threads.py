@@ -1,4 +1,4 @@
-"""shared.threads: work on a thread that ends with it, its result or error handed back."""
+"""shared.threads: work on a thread that ends with it, its result or error handed back; work beside a statement."""
 
 import os
 import signal
@@ -6,8 +6,9 @@ import threading
 import time
 
 import pytest
+import torch
 
-from shared.threads import run_on_own_thread
+from shared.threads import run_beside_database, run_on_own_thread
 
 
 def test_the_result_comes_back_from_a_thread_that_has_ended():
@@ -53,3 +54,48 @@ def test_ctrl_c_stops_the_work_or_lets_a_write_finish(finish):
     assert done.is_set() is finish
     threads[0].join(timeout=5)
     assert not threads[0].is_alive()
+
+
+def test_the_statement_runs_at_the_same_time_as_the_work_which_gets_one_torch_thread_fewer():
+    """Each side waits for the other to start: run one after the other, they would time out."""
+    statement_started, work_started = threading.Event(), threading.Event()
+    seen = {}
+
+    def statement():
+        statement_started.set()
+        seen["statement thread"] = threading.current_thread()
+        return work_started.wait(timeout=5)
+
+    def work():
+        work_started.set()
+        seen["torch threads"] = torch.get_num_threads()
+        return statement_started.wait(timeout=5)
+
+    threads = torch.get_num_threads()
+    assert run_beside_database(statement, work) == (True, True)
+    assert seen["statement thread"] is not threading.current_thread()
+    assert not seen["statement thread"].is_alive()  # joined before the results came back
+    assert seen["torch threads"] == max(1, threads - 1) and torch.get_num_threads() == threads
+
+
+@pytest.mark.parametrize("failing", ["statement", "work"])
+def test_an_error_on_either_side_is_raised_after_the_statement_has_finished(failing):
+    """The connection must never be in two threads' hands: the caller's rollback waits for the statement."""
+    finished = threading.Event()
+    threads = torch.get_num_threads()
+
+    def statement():
+        time.sleep(0.1)
+        finished.set()
+        if failing == "statement":
+            raise ConnectionError("server closed the connection")
+        return 1
+
+    def work():
+        if failing == "work":
+            raise ValueError("bad features")
+        return 2
+
+    with pytest.raises(ConnectionError if failing == "statement" else ValueError):
+        run_beside_database(statement, work)
+    assert finished.is_set() and torch.get_num_threads() == threads
