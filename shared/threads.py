@@ -59,18 +59,15 @@ def _raise_in(thread: threading.Thread, exception: type[BaseException]) -> None:
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(exception))
 
 
-def run_beside_database(statement: Callable[[], S], work: Callable[[], T]) -> tuple[S, T]:
+def run_beside(statement: Callable[[], S], work: Callable[[], T]) -> tuple[S, T]:
     """``statement()`` (a database call: it waits on the server) on a helper thread while ``work()``
-    runs here on one torch thread fewer; both results, once both are done.
+    runs here; both results, once both are done.
 
-    On two cores the server's process takes one while the statement runs: torch's team of two would
-    share it and stall at every barrier, one thread keeps the other core (the fast finish of 1,024
-    items, its UPDATE beside the fusion network's decision: 40 -> 33 ms on the 2-core AMX VM,
-    docs/BENCHMARKS.md, issue 10, fourteenth session). The statement's thread is joined before this
-    returns or raises, so the connection is never used by two threads at once; its exception is
-    raised here, after ``work``'s."""
-    import torch
-
+    The server's process computes on one core while ``work`` uses the other, where in turn one
+    would wait for the other (a fast task's finish: its UPDATE beside the fusion network's
+    decision, docs/BENCHMARKS.md, issue 10, fourteenth session). The statement's thread is joined
+    before this returns or raises, so its connection is never in two threads' hands at once (the
+    caller's rollback waits for it); its exception is raised here, after ``work``'s."""
     outcome: dict[str, object] = {}
 
     def target() -> None:
@@ -80,13 +77,10 @@ def run_beside_database(statement: Callable[[], S], work: Callable[[], T]) -> tu
             outcome["error"] = exc
 
     thread = threading.Thread(target=target, name="fusionq-statement", daemon=True)
-    threads = torch.get_num_threads()
     thread.start()
     try:
-        torch.set_num_threads(max(1, threads - 1))
         result = work()
     finally:
-        torch.set_num_threads(threads)
         thread.join()
     if "error" in outcome:
         raise outcome["error"]  # type: ignore[misc]

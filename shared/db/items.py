@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from shared.db.common import ClaimedItem, claimable, insert_ignoring_conflicts, json_rows, lease_end, on_postgres
 from shared.db.jobs import job_not_found, job_with_classifier
 from shared.db.models import Classifier, Item, ItemFeatures, Job, Prediction, utcnow
-from shared.threads import run_beside_database
+from shared.threads import run_beside
 from shared.vocab import OPEN_ITEM_STATUSES, WAITING_FOR_AGGREGATOR, ItemStatus
 
 
@@ -144,8 +144,8 @@ def store_predictions(*, session: Session, item_ids: Sequence[int], make_rows: C
     from pending, under its claim ``token``). Only items that move now get a prediction, so a late
     or repeated writer adds none. Each prediction's ``created_at`` is this call's time, sent once,
     not per row. Core statements on the session's connection: the hot path skips the ORM. On
-    Postgres the items' UPDATE runs while ``make_rows`` computes the rows (the fusion network's
-    decision): the server's core and this one work at once (``run_beside_database``)."""
+    Postgres the items' UPDATE runs on a helper thread while ``make_rows`` computes the rows here
+    (``run_beside``): the server's core and this one work at once."""
     postgres = on_postgres(session)
     now = utcnow()
     params = {"the_ids": list(item_ids), "from_statuses": [str(s) for s in from_statuses],
@@ -166,7 +166,7 @@ def store_predictions(*, session: Session, item_ids: Sequence[int], make_rows: C
         rows = make_rows()
         return rows, json_rows(rows)
 
-    moved, (rows, document) = run_beside_database(mark_done, rows_as_document)
+    moved, (rows, document) = run_beside(mark_done, rows_as_document)
     finished = [r for r in rows if r["item_id"] in moved]
     if finished:  # usually every row: the document is already made
         document = document if len(finished) == len(rows) else json_rows(finished)

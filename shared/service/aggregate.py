@@ -6,13 +6,17 @@ aggregator's work. The rules it applies are ``shared.service.policy``'s.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from shared.db.aggregation import AggregationInput, load_aggregation_inputs
+from shared.db.common import on_postgres
 from shared.db.engine import session_for
 from shared.db.items import mark_failed, store_predictions
 from shared.db.jobs import count_finished, job_with_classifier, lock_job
@@ -109,14 +113,34 @@ def finish_fast_items(session, job: Job, artifact: ClassifierArtifact, features:
     add a message and a commit. Returns how many items this finished (and counts them on the job)."""
     if not item_ids:
         return 0
+
     def rows() -> list[dict]:  # the network's decision runs while Postgres marks the items done
-        return _prediction_rows(artifact.decide(features), artifact.labels, [(i, job.created_at) for i in item_ids],
+        with torch_threads_beside_postgres(session):
+            decision = artifact.decide(features)
+        return _prediction_rows(decision, artifact.labels, [(i, job.created_at) for i in item_ids],
                                 [[ENCODER_SIGNAL] for _ in item_ids], [[] for _ in item_ids])
 
     done = store_predictions(session=session, item_ids=item_ids, make_rows=rows, from_statuses=(ItemStatus.PENDING,),
                              token=token)
     count_finished(session=session, job_id=job.id, done=done)
     return done
+
+
+@contextlib.contextmanager
+def torch_threads_beside_postgres(session) -> Iterator[None]:
+    """torch on one thread fewer for the block when ``session`` is on Postgres, whose server then
+    runs ``store_predictions``' UPDATE on another core: a team of two sharing that core stalls at
+    every barrier (the overlap bought nothing with both threads, docs/BENCHMARKS.md, issue 10,
+    fourteenth session). On SQLite nothing runs beside: torch keeps its threads."""
+    threads = torch.get_num_threads()
+    if not on_postgres(session) or threads < 2:
+        yield
+        return
+    torch.set_num_threads(threads - 1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _fuse(artifact: ClassifierArtifact, items: list[AggregationInput]) -> Decision:

@@ -4,12 +4,13 @@ import re
 
 import pytest
 import sqlalchemy as sa
+import torch
 
 from shared.db.engine import session_for
 from shared.db.jobs import create_job
 from shared.service.submit import new_items
 from shared.db.models import Classifier, Item, Job, Prediction
-from shared.service.aggregate import fusion_stage
+from shared.service.aggregate import fusion_stage, torch_threads_beside_postgres
 from shared.service.embed import embed_stage
 from tests.conftest import make_topic_texts, train_topics
 
@@ -102,3 +103,17 @@ def test_each_embed_task_logs_where_its_time_went(db_settings, tiny_bert_path, c
     # the bench reads the model's time from this line (bench/pipeline_throughput.py)
     from bench.pipeline_throughput import WORKER_MODEL_LINE
     assert WORKER_MODEL_LINE.search(lines[0]).group(2) == match.group(2)
+
+
+def test_the_fast_finish_leaves_postgres_a_core_and_sqlite_none(db_settings):
+    """On Postgres the fusion network decides on one torch thread fewer while the server marks the
+    items; torch's setting comes back however the block ends. On SQLite nothing runs beside it."""
+    threads = torch.get_num_threads()
+    postgres = db_settings.effective_database_url.startswith("postgresql")
+    with session_for(db_settings.effective_database_url) as session:
+        with torch_threads_beside_postgres(session):
+            inside = torch.get_num_threads()
+        with pytest.raises(RuntimeError), torch_threads_beside_postgres(session):
+            raise RuntimeError("the decision failed")
+    assert inside == (max(1, threads - 1) if postgres and threads > 1 else threads)
+    assert torch.get_num_threads() == threads
