@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -65,23 +66,10 @@ def run_beside(statement: Callable[[], S], work: Callable[[], T]) -> tuple[S, T]
 
     The server's process computes on one core while ``work`` uses the other, where in turn one
     would wait for the other (a fast task's finish: its UPDATE beside the fusion network's
-    decision, docs/BENCHMARKS.md, issue 10, fourteenth session). The statement's thread is joined
-    before this returns or raises, so its connection is never in two threads' hands at once (the
-    caller's rollback waits for it); its exception is raised here, after ``work``'s."""
-    outcome: dict[str, object] = {}
-
-    def target() -> None:
-        try:
-            outcome["value"] = statement()
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller, re-raised there
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=target, name="fusionq-statement", daemon=True)
-    thread.start()
-    try:
+    decision, docs/BENCHMARKS.md, issue 10, fourteenth session). The helper is joined before this
+    returns or raises (the executor's exit waits for it), so its connection is never in two
+    threads' hands at once; ``work``'s exception wins, else the statement's is raised here."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fusionq-statement") as helper:
+        pending = helper.submit(statement)
         result = work()
-    finally:
-        thread.join()
-    if "error" in outcome:
-        raise outcome["error"]  # type: ignore[misc]
-    return outcome["value"], result  # type: ignore[return-value]
+    return pending.result(), result

@@ -19,6 +19,7 @@ from shared.db.common import json_rows, on_postgres
 from shared.db.llm import request_row
 from shared.db.notify import job_channel_of, notify_expression, notify_job_finished
 from shared.db.models import Classifier, Item, Job, LlmRequest, Prediction, utcnow
+from shared.dispatch import LLM_TASKS, TaskName
 from shared.errors import IdempotencyConflict, JobNotFound
 from shared.vocab import OPEN_ITEM_STATUSES, ItemStatus, JobStatus, Mode, RequestReason
 
@@ -33,12 +34,13 @@ class NewItem:
 
 
 class CreatedJob(NamedTuple):
-    """What :func:`create_job` did: the job, whether this call created it, and the ids of its
-    items waiting for the encoder, shortest text first (so a run cut from them pads little)."""
+    """What :func:`create_job` did: the job, whether this call created it, and the ids of the items
+    each stage must now be sent, by task name: the encoder's shortest text first (so a run cut from
+    them pads little), each LLM's in id order. Taken from what was just written, never read back."""
 
     job: Job
     created: bool
-    waiting_for_encoder: list[int]
+    waiting: dict[str, list[int]]
 
 
 def create_job(
@@ -67,7 +69,7 @@ def create_job(
     if idempotency_key:
         existing = job_for_idempotency_key(session, idempotency_key, classifier, len(items))
         if existing is not None:
-            return CreatedJob(existing, False, [])
+            return CreatedJob(existing, False, {})
     now = utcnow()
     job = Job(id=uuid.uuid4(), classifier_id=classifier.id if classifier else None, mode=mode, status=JobStatus.QUEUED,
               labels=labels, multi_label=multi_label, llm_source=llm_source, tiers=list(tiers or []) or None,
@@ -89,7 +91,7 @@ def create_job(
     session.add(job)
     session.flush()
     if not rows:
-        return CreatedJob(job, True, [])
+        return CreatedJob(job, True, {})
     ids = _insert_items(session, rows)
     requests = []
     for row in rows:
@@ -102,9 +104,11 @@ def create_job(
                                         reason=RequestReason(effective), now=now))
     if requests:
         session.execute(sa.insert(LlmRequest), requests)
-    # shortest text first, ties by id: sorted here from what was just written, not read back
     length = {ids[r["position"]]: len(r["text"]) for r in rows if r["status"] == ItemStatus.PENDING}
-    return CreatedJob(job, True, sorted(length, key=lambda item_id: (length[item_id], item_id)))
+    waiting = {TaskName.EMBED: sorted(length, key=lambda item_id: (length[item_id], item_id))} if length else {}
+    for source in sorted({r["source"] for r in requests}):
+        waiting[LLM_TASKS[source]] = sorted(r["item_id"] for r in requests if r["source"] == source)
+    return CreatedJob(job, True, waiting)
 
 
 # Postgres: the items arrive as one JSON document (json_rows), so the statement and its parsing stay

@@ -18,7 +18,6 @@ from sqlalchemy.orm import Session
 from shared.db.common import ClaimedItem, claimable, dialect_insert, lease_end
 from shared.db.engine import session_for
 from shared.db.models import Item, LlmRequest, LlmScore, utcnow
-from shared.dispatch import chunks
 from shared.vocab import RequestStatus, ScoreMethod
 
 # --- requests -----------------------------------------------------------------------------------
@@ -44,17 +43,6 @@ def add_requests(*, session: Session, rows: Sequence[dict]) -> set[int]:
     added = session.execute(insert(LlmRequest).on_conflict_do_nothing(index_elements=["item_id", "source"])
                             .returning(LlmRequest.item_id, LlmRequest.status), list(rows)).all()
     return {item_id for item_id, status in added if status == RequestStatus.QUEUED}
-
-
-def queued_request_batches(*, session: Session, job_id: uuid.UUID, items_per_batch: int) -> dict[str, list[list[int]]]:
-    """Item ids with a queued LLM request, per source, in runs of ``items_per_batch``."""
-    rows = session.execute(sa.select(LlmRequest.source, LlmRequest.item_id)
-                           .where(LlmRequest.job_id == job_id, LlmRequest.status == RequestStatus.QUEUED)
-                           .order_by(LlmRequest.source, LlmRequest.item_id)).all()
-    per_source: dict[str, list[int]] = {}
-    for source, item_id in rows:
-        per_source.setdefault(source, []).append(item_id)
-    return {source: chunks(ids, items_per_batch) for source, ids in per_source.items()}
 
 
 def claim_requests(*, session: Session, item_ids: Sequence[int], source: str, lease_seconds: int,

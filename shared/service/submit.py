@@ -16,10 +16,9 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from shared.db.engine import session_for
 from shared.db.items import refresh_item_statistics
 from shared.db.jobs import NewItem, create_job, job_for_idempotency_key
-from shared.db.llm import queued_request_batches
 from shared.db.models import Classifier
 from shared.db.registry import find_classifier
-from shared.dispatch import LLM_TASKS, Dispatcher, TaskName, chunks
+from shared.dispatch import Dispatcher, TaskName, chunks
 from shared.errors import BrokerUnavailable, InputError
 from shared.llm.prompts import PROMPT_VERSION
 from shared.llm.sources import configured_sources
@@ -137,11 +136,8 @@ def store_job(settings: Settings, texts: list[str], *, classifier_ref: str | Non
                                                **job)
             if not created:
                 return row.id, []
-            sends: Sends = [(TaskName.EMBED, batch) for batch in chunks(waiting, settings.embed_items_per_task)]
-            for source, batches in queued_request_batches(session=session, job_id=row.id,
-                                                          items_per_batch=settings.llm_batch_items).items():
-                sends += [(LLM_TASKS[source], batch) for batch in batches]
-            return row.id, sends
+            return row.id, [(task, batch) for task, ids in waiting.items() for batch in chunks(
+                ids, settings.embed_items_per_task if task == TaskName.EMBED else settings.llm_batch_items)]
     except IntegrityError:
         if not key:
             raise

@@ -8,7 +8,8 @@ from shared.db.common import insert_ignoring_conflicts
 from shared.db.items import store_predictions
 from shared.db.jobs import create_job, refresh_job
 from shared.service.submit import REFUSED_TEXT_PREFIX_CHARS, new_items
-from shared.db.models import Base, Classifier, Item, ItemFeatures, Job, Prediction, utcnow
+from shared.db.models import Base, Classifier, Item, ItemFeatures, Job, LlmRequest, Prediction, utcnow
+from shared.dispatch import TaskName
 from shared.db.registry import find_classifier, parse_classifier_ref
 from shared.errors import ClassifierNotFound, IdempotencyConflict, SchemaError
 from shared.textio import text_hash
@@ -213,3 +214,25 @@ def test_registry_lookup_by_name_and_version(db_settings):
             find_classifier(session=session, ref="sport")
         with pytest.raises(ClassifierNotFound, match="must be a number"):
             parse_classifier_ref("news@latest")
+
+
+def test_a_new_job_names_what_each_stage_must_be_sent_as_stored(db_settings):
+    """create_job's waiting ids, taken from what it wrote, are the stored queue: pending items (shortest
+    text first) for the encoder, each source's queued requests for its LLM task; failed items nowhere."""
+    texts = ["a longer text here", "tiny", "", "mid text", "the llm one", "full text"]
+    modes = [None, None, None, None, "llm", "full"]
+    tiers = [{"source": "local", "threshold": 0.5}, {"source": "api", "threshold": 0.5}]
+    with db.session_for(db_settings.effective_database_url) as session, session.begin():
+        job, _, waiting = create_job(session=session, classifier=_classifier(session), mode="fast",
+                                     idempotency_key=None, tiers=tiers, llm_source="local",
+                                     items=new_items(texts, max_chars=100, item_modes=modes))
+        pending = session.scalars(sa.select(Item.id).where(Item.job_id == job.id, Item.status == "pending")
+                                  .order_by(sa.func.length(Item.text), Item.id)).all()
+        queued = session.execute(sa.select(LlmRequest.source, LlmRequest.item_id)
+                                 .where(LlmRequest.job_id == job.id).order_by(LlmRequest.item_id)).all()
+    assert waiting == {
+        TaskName.EMBED: list(pending),
+        TaskName.LLM_LOCAL: [item_id for source, item_id in queued if source == "local"],
+        TaskName.LLM_API: [item_id for source, item_id in queued if source == "api"],
+    }
+    assert len(waiting[TaskName.LLM_LOCAL]) == 2 and len(waiting[TaskName.LLM_API]) == 1

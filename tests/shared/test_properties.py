@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from shared.db.engine import session_for, upgrade
 from shared.db.jobs import create_job
-from shared.dispatch import chunks
+from shared.dispatch import TaskName, chunks
 from shared.service.submit import new_items
 from shared.db.models import Classifier, Item
 from shared.errors import DataFileError, InputError, LLMAnswerError
@@ -42,13 +42,13 @@ def test_any_texts_are_stored_exactly_or_failed_with_a_reason_and_batched_once(p
         clf = session.scalars(sa.select(Classifier)).one()
         job, _, waiting = create_job(session=session, classifier=clf, items=new_items(texts, max_chars=MAX_CHARS),
                                      mode="fast", idempotency_key=None)
-        batches = chunks(waiting, per_batch)
+        batches = chunks(waiting.get(TaskName.EMBED, []), per_batch)
         items = session.execute(sa.select(Item.position, Item.text, Item.status, Item.error)
                                 .where(Item.job_id == job.id).order_by(Item.position)).all()
         # the runs are cut from memory: the order must be the one Postgres gives the stored texts
         by_length = session.scalars(sa.select(Item.id).where(Item.job_id == job.id, Item.status == "pending")
                                     .order_by(sa.func.length(Item.text), Item.id)).all()
-    assert waiting == by_length
+    assert waiting.get(TaskName.EMBED, []) == by_length
     assert [i.position for i in items] == list(range(len(texts)))  # nothing lost, nothing added
     for item, text in zip(items, texts):
         problem = text_problem(text, max_chars=MAX_CHARS)
@@ -67,7 +67,7 @@ def test_a_huge_job_is_split_into_bounded_batches(pg_session_url):
         clf = session.scalars(sa.select(Classifier)).one()
         _, _, waiting = create_job(session=session, classifier=clf, items=new_items(texts, max_chars=MAX_CHARS),
                                    mode="fast", idempotency_key=None)
-    batches = chunks(waiting, 256)
+    batches = chunks(waiting[TaskName.EMBED], 256)
     assert len(batches) == math.ceil(20_000 / 256) and sum(len(b) for b in batches) == 20_000
     assert len({i for b in batches for i in b}) == 20_000
 
