@@ -1,7 +1,9 @@
 """Pipeline efficiency: texts/s through the whole system vs the bare encoder, and one-text latency.
 
 Whole system = Redis broker + Postgres + separate `embed` and `fusion` worker processes, the
-same texts and model as the bare in-process encoder. Needs Redis and Postgres on 127.0.0.1.
+same texts and model as the bare in-process encoder. The embed worker is the README's CPU worker
+by default: a prefork pool with a child per core, sharing the cores (workers.cores);
+``--embed-processes 1`` runs the solo worker instead. Needs Redis and Postgres on 127.0.0.1.
 
     python bench/pipeline_throughput.py --data ../shared/data/ag_news/test.csv --n 2000
 """
@@ -10,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
 import re
 import statistics
 import sys
@@ -30,6 +31,7 @@ from shared.settings import Settings  # noqa: E402
 from shared.textio import read_labelled  # noqa: E402
 from shared.service.training import train_classifier  # noqa: E402
 from workers.dispatch import dispatcher_for  # noqa: E402
+from workers.cores import host_cores  # noqa: E402
 from workers.launch import start_worker, stop_worker  # noqa: E402
 
 
@@ -134,8 +136,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=positive_int, default=5, help="throughput runs of each kind (median reported)")
     parser.add_argument("--latency-jobs", type=positive_int, default=200, help="one-text jobs, one after another")
     parser.add_argument("--precision", default="auto", help="encoder precision (auto, fp32, bf16)")
-    parser.add_argument("--embed-processes", type=positive_int, default=1,
-                        help="embed worker processes (a prefork pool), each with cores / N torch threads")
+    parser.add_argument("--embed-processes", type=positive_int, default=host_cores(),
+                        help="embed worker processes: 1 is a solo pool (the README's GPU worker); more, a "
+                             "prefork pool sharing the cores (the README's CPU worker; default: one per core)")
     parser.add_argument("--out", default="bench/out/pipeline_throughput.json")
     args = parser.parse_args()
 
@@ -163,12 +166,9 @@ def main() -> int:
 
                 env = {"FUSIONQ_DATABASE_URL": settings.database_url, "FUSIONQ_BROKER_URL": REDIS,
                        "FUSIONQ_ARTIFACT_DIR": str(settings.artifact_dir), "HF_HUB_OFFLINE": "1"}
-                embed_env, pool = env, {}
-                if args.embed_processes > 1:  # its children's CPU is counted in other_cpu_s, not embed_worker
-                    threads = str(max(1, (os.cpu_count() or 1) // args.embed_processes))
-                    embed_env = {**env, "FUSIONQ_TORCH_THREADS": threads}
-                    pool = {"concurrency": args.embed_processes, "pool": "prefork"}
-                procs.append(start_worker("embed", env=embed_env, log_dir=tmp / "logs", **pool))
+                # a prefork pool's children are counted in other_cpu_s, not embed_worker
+                pool = {"concurrency": args.embed_processes, "pool": "prefork"} if args.embed_processes > 1 else {}
+                procs.append(start_worker("embed", env=env, log_dir=tmp / "logs", **pool))
                 procs.append(start_worker("fusion", env={**env, "FUSIONQ_TORCH_THREADS": "1"}, log_dir=tmp / "logs"))
                 with FusionqClient(settings) as client:
                     client.wait(client.submit(texts[:64], "bench"), timeout=300)  # workers load their models
@@ -218,7 +218,7 @@ def main() -> int:
     overheads_worker = [total - model for total, model in timed] or [float("nan")]
     result = {
         **machine(), **postgres, "precision": str(get_encoder(spec).precision),
-        "model": spec.model, "texts": len(texts), "data": args.data,
+        "model": spec.model, "embed_processes": args.embed_processes, "texts": len(texts), "data": args.data,
         "bare_encoder_texts_per_s": round(bare, 1),
         "bare_runs_texts_per_s": [round(r, 1) for r in bare_rates],
         "system_texts_per_s": round(system, 1),

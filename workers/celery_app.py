@@ -20,6 +20,7 @@ from shared.settings import Settings, get_settings, is_in_process_broker
 from shared.dispatch import TaskName
 from shared.gc_freeze import freeze_survivors_after_slow_collection, watch_full_collections
 from workers import embed, fusion, llm_api, llm_local, maintenance, submit
+from workers.cores import even_share, share_among_children
 from workers.memory import resident_mb
 from workers.presence import start_announcing
 
@@ -88,6 +89,7 @@ def create_app(settings: Settings) -> Celery:
 
 _IN_PREFORK_CHILD = False
 _WORKER_PID: int | None = None  # the worker's own process, where worker_init ran
+_WORKER = None  # its WorkController: a prefork child reads the pool's size from it
 
 
 @worker_process_init.connect
@@ -135,8 +137,8 @@ def _announce(sender, **_kwargs) -> None:
 
 @worker_init.connect
 def _on_worker_start(sender, **_kwargs) -> None:
-    global _WORKER_PID
-    _WORKER_PID = os.getpid()
+    global _WORKER_PID, _WORKER
+    _WORKER_PID, _WORKER = os.getpid(), sender
     # A worker process's tasks retry on a dead connection (workers.retry), so no round trip tests
     # each connection first (prefork children inherit this). The embedded worker shares its
     # caller's process, whose reads must ride out a restart: it keeps the test. Its garbage
@@ -144,12 +146,19 @@ def _on_worker_start(sender, **_kwargs) -> None:
     if not is_in_process_broker(sender.app.conf.get("broker_url")):
         test_connections_before_use(False)
         watch_full_collections()
+        if not get_settings().torch_threads:
+            share_among_children()  # a no-op for solo and threads pools, which fork none
     _limit_torch_threads()
 
 
 def _limit_torch_threads() -> None:
-    """Apply FUSIONQ_TORCH_THREADS: a fusion worker on a small box must not fight the encoder for cores."""
+    """Apply FUSIONQ_TORCH_THREADS: a fusion worker on a small box must not fight the encoder for cores.
+    Unset, a prefork child starts on its even share of the cores (workers.cores)."""
     threads = get_settings().torch_threads
+    if not threads:
+        threads = even_share(int(getattr(_WORKER, "concurrency", 1) or 1))
+        if threads:
+            log.info("prefork child: %d torch thread(s) to start, more while its siblings are idle", threads)
     if threads:
         import torch  # setting CPU threads does not initialise CUDA
 

@@ -6,6 +6,7 @@ from celery import Celery
 
 from shared.dispatch import TaskName
 from shared.service.embed import embed_stage
+from workers.cores import cores_while_working
 from workers.memory import release_freed_memory
 from workers.retry import DB_RETRY
 
@@ -16,7 +17,8 @@ def register(app: Celery, *, settings) -> None:
     def embed_items(self, job_id: str, item_ids: list[int]) -> int:
         """Embed the still-pending items among ``item_ids``; enqueue their fusion after commit."""
         try:
-            embedded = embed_stage(settings, job_id=job_id, item_ids=item_ids)
+            with cores_while_working() as rebalance:
+                embedded = embed_stage(settings, job_id=job_id, item_ids=item_ids, between_batches=rebalance)
         finally:
             release_freed_memory()  # new batch shapes would otherwise grow the worker without bound
         if embedded:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,20 +24,22 @@ from shared.vocab import Mode
 log = logging.getLogger(__name__)
 
 
-def embed_stage(settings: Settings, *, job_id: str, item_ids: list[int]) -> list[int]:
+def embed_stage(settings: Settings, *, job_id: str, item_ids: list[int],
+                between_batches: Callable[[], None] | None = None) -> list[int]:
     """Encode the pending items among ``item_ids`` that no live worker holds; fast-mode items are
     finished here, the others get their features stored. Returns the ids the aggregator must now fuse.
 
     The claim's lease is renewed while the batch runs; every write names the claim's token, so a
     worker paused past its lease (its work sent again meanwhile) writes nothing when it wakes.
-    Logs where the task's time went (claim, the model, the write), one line per task."""
+    Logs where the task's time went (claim, the model, the write), one line per task.
+    ``between_batches()`` runs after each encoded batch (a prefork child re-reads its share of the cores)."""
     started = time.perf_counter()
     held = claim(settings, job_id, item_ids)
     if not held.items:
         return []
     clock = StageClock(claimed_s=time.perf_counter() - started)
     with held.heartbeat(settings):
-        moved = _embed_claimed(settings, held, clock)
+        moved = _embed_claimed(settings, held, clock, between_batches)
     log.info("job %s: %d items claimed in %.1f ms, encoded in %.1f ms (the model), %d written in %.1f ms "
              "(%d failed), %d handed to the aggregator", job_id, len(held.items), clock.claimed_s * 1000,
              clock.model_s * 1000, clock.written, clock.write_s * 1000, clock.failed, len(moved))
@@ -55,12 +58,13 @@ class StageClock:
     failed: int = 0
 
 
-def _embed_claimed(settings: Settings, held: StageClaim, clock: StageClock) -> list[int]:
+def _embed_claimed(settings: Settings, held: StageClaim, clock: StageClock,
+                   between_batches: Callable[[], None] | None) -> list[int]:
     job, claimed = held.job, held.items
     specs = specs_from_dict(held.classifier.encoder_spec)
     started = time.perf_counter()
     try:
-        vectors, errors = _encode_isolating_failures(specs, claimed, settings)
+        vectors, errors = _encode_isolating_failures(specs, claimed, settings, between_batches)
     except EncoderError as exc:  # the encoder itself cannot load: retrying the same message cannot help
         vectors, errors = {}, {item.id: str(exc) for item in claimed}
     clock.model_s = time.perf_counter() - started
@@ -93,10 +97,12 @@ def _artifact_or_none(classifier):
         return None
 
 
-def _encode_isolating_failures(specs, claimed, settings: Settings) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+def _encode_isolating_failures(specs, claimed, settings: Settings, between_batches: Callable[[], None] | None = None
+                               ) -> tuple[dict[int, np.ndarray], dict[int, str]]:
     """Encode all texts in one call; only if that fails, one by one, so a bad text fails alone."""
     texts = [item.text for item in claimed]
-    options = {"device": settings.device, "max_tokens": settings.embed_max_tokens, "max_batch": settings.embed_max_batch}
+    options = {"device": settings.device, "max_tokens": settings.embed_max_tokens, "max_batch": settings.embed_max_batch,
+               "on_batch": (lambda _texts: between_batches()) if between_batches else None}
     try:
         features = encode_features(specs, texts, **options)
         return {item.id: features[i] for i, item in enumerate(claimed)}, {}

@@ -1,5 +1,6 @@
-"""Horizontal scaling and monitoring on real services: two `embed` and two `fusion` worker processes
-on the same queues, an LLM worker and the sweeper, Flower behind basic auth and `fusionq serve`.
+"""Horizontal scaling and monitoring on real services: two `embed` workers (a solo process, and a
+prefork pool of two as the README runs one on a CPU host) and two `fusion` worker processes on the
+same queues, an LLM worker and the sweeper, Flower behind basic auth and `fusionq serve`.
 
 Every item gets exactly one prediction whichever worker took it; both workers of each queue take
 work; `/readyz` says not ready until a worker serves each queue and `/metrics` counts them; Flower
@@ -43,7 +44,7 @@ def test_two_workers_per_queue_share_the_work_and_every_item_gets_one_prediction
         with Server(env) as api:
             not_ready = httpx.get(api.url + "/readyz")
             assert not_ready.status_code == 503 and "no live worker" in not_ready.json()["checks"]["workers"]
-            for name, queue, options in [("embed-1", "embed", {}), ("embed-2", "embed", {}), ("fusion-1", "fusion", {}),
+            for name, queue, options in [("embed-1", "embed", {}), ("embed-2", "embed", {"pool": "prefork", "concurrency": 2}), ("fusion-1", "fusion", {}),
                                          ("fusion-2", "fusion", {}), ("maintenance", "maintenance", {}),
                                          ("llm", "llm_local", {"pool": "threads", "concurrency": 4})]:
                 procs[name] = start_worker(queue, env=env, log_dir=tmp_path / "logs", **options)
@@ -67,6 +68,8 @@ def test_two_workers_per_queue_share_the_work_and_every_item_gets_one_prediction
                 ("embed-1", "embed-2", "fusion-1", "fusion-2")}
         print(f"\ntasks done per worker: {done}")
         assert all(n > 0 for n in done.values()), done  # both workers of each queue took work
+        # the README's CPU embed worker: a prefork pool whose children share the cores (workers.cores)
+        assert procs["embed-2"].log_path.read_text().count("torch thread(s) to start") == 2
 
         flower = f"http://127.0.0.1:{flower_port}"
         assert httpx.get(flower + "/").status_code == 401
