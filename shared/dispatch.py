@@ -45,10 +45,3 @@ class Dispatcher(Protocol):
 def chunks(ids: Sequence[int], size: int) -> list[list[int]]:
     """``ids`` cut into runs of at most ``size``: one message each."""
     return [list(ids[i:i + size]) for i in range(0, len(ids), size)]
-
-
-def dealt(ids: Sequence[int], size: int) -> list[list[int]]:
-    """``ids`` dealt round-robin into the fewest runs of at most ``size``: each run keeps the order of
-    ``ids`` and samples all of it, so runs sorted by text length cost the same to encode."""
-    runs = -(-len(ids) // size)
-    return [list(ids[k::runs]) for k in range(runs)]

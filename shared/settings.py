@@ -52,7 +52,7 @@ class Settings(BaseSettings):
     # 1024, not 256: each task pays a claim, a write and a commit serially, and sorts only its own
     # texts by length; 2,000 AG News texts on 2 AMX cores ran at 0.86 of the bare encoder in 256-item
     # tasks, 0.90 in 512, 0.92 in 1024 and no better in one task (docs/BENCHMARKS.md). A job still
-    # spreads over workers in runs of at most 1024, dealt from its length order (shared.dispatch.dealt).
+    # spreads over workers in runs of 1024.
     embed_items_per_task: int = Field(default=1024, ge=1, description="Items carried by one embed task message.")
     embed_max_tokens: int | None = Field(default=None, ge=64, description="Token budget of one encoder forward pass (batch size x padded length). Unset: 4096 on a CPU; on CUDA up to 131072, less where a quarter of the GPU memory left free by the weights holds fewer tokens' activations.")
     embed_max_batch: int | None = Field(default=None, ge=1, description="Most texts in one encoder forward pass. Unset: 32 on a CPU, 2048 on CUDA.")

@@ -18,7 +18,7 @@ from shared.db.items import refresh_item_statistics
 from shared.db.jobs import NewItem, create_job, job_for_idempotency_key
 from shared.db.models import Classifier
 from shared.db.registry import find_classifier
-from shared.dispatch import Dispatcher, TaskName, chunks, dealt
+from shared.dispatch import Dispatcher, TaskName, chunks
 from shared.errors import BrokerUnavailable, InputError
 from shared.llm.prompts import PROMPT_VERSION
 from shared.llm.sources import configured_sources
@@ -136,9 +136,8 @@ def store_job(settings: Settings, texts: list[str], *, classifier_ref: str | Non
                                                **job)
             if not created:
                 return row.id, []
-            return row.id, [(task, batch) for task, ids in waiting.items() for batch in (
-                dealt(ids, settings.embed_items_per_task) if task == TaskName.EMBED
-                else chunks(ids, settings.llm_batch_items))]
+            return row.id, [(task, batch) for task, ids in waiting.items() for batch in chunks(
+                ids, settings.embed_items_per_task if task == TaskName.EMBED else settings.llm_batch_items)]
     except IntegrityError:
         if not key:
             raise

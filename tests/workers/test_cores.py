@@ -10,7 +10,6 @@ import signal
 import pytest
 import torch
 
-from shared.dispatch import dealt
 from workers.cores import CoreShare
 
 FORK = multiprocessing.get_context("fork")
@@ -70,14 +69,3 @@ def test_a_child_is_told_apart_from_the_process_that_made_the_share():
     child.start()
     assert answer.get(timeout=10) is True and share.in_child() is False
     child.join(10)
-
-
-@pytest.mark.parametrize("n, size", [(0, 4), (1, 4), (4, 4), (5, 4), (2000, 1024), (20_000, 256), (7, 1)])
-def test_dealt_runs_are_bounded_balanced_and_keep_the_order(n, size):
-    ids = list(range(100, 100 + n))
-    runs = dealt(ids, size)
-    assert len(runs) == -(-n // size)
-    assert sorted(i for run in runs for i in run) == ids  # each id once
-    assert all(1 <= len(run) <= size for run in runs)
-    assert not runs or max(map(len, runs)) - min(map(len, runs)) <= 1  # the same work in each
-    assert all(run == sorted(run) for run in runs)  # a length-sorted list stays sorted in every run
