@@ -14,9 +14,12 @@ works, so a child killed mid-task (whose slot is never cleared) counts only whil
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator
+
+log = logging.getLogger(__name__)
 
 SLOTS = 256  # children counted at most; a child finding no free slot works uncounted
 
@@ -90,20 +93,26 @@ def _alive(pid: int) -> bool:
 
 
 _SHARE: CoreShare | None = None
+_MAIN_PID: int | None = None  # the worker's main process, once it has asked for sharing
 
 
 def share_among_children() -> None:
-    """In a worker's main process, before its pool forks: its prefork children will share the cores."""
-    global _SHARE
-    _SHARE = CoreShare()
+    """In a worker's main process, before its pool forks: its prefork children will share the cores.
+    Where shared memory cannot be made (no /dev/shm), each child keeps its even share."""
+    global _SHARE, _MAIN_PID
+    _MAIN_PID = os.getpid()
+    try:
+        _SHARE = CoreShare()
+    except OSError as exc:
+        log.warning("prefork children cannot share the cores (%s); each keeps cores / concurrency threads", exc)
 
 
 def even_share(concurrency: int) -> int | None:
     """A prefork child's torch threads before it works: its even share of the cores (N children
     with all of them each ran 4x slower on 2 cores, docs/BENCHMARKS.md); None outside a child."""
-    if _SHARE is None or not _SHARE.in_child():
+    if _MAIN_PID is None or os.getpid() == _MAIN_PID:
         return None
-    return max(1, _SHARE.cores // max(1, concurrency))
+    return max(1, host_cores() // max(1, concurrency))
 
 
 def cores_while_working() -> contextlib.AbstractContextManager[Callable[[], None] | None]:

@@ -10,6 +10,7 @@ import signal
 import pytest
 import torch
 
+from workers import cores
 from workers.cores import CoreShare
 
 FORK = multiprocessing.get_context("fork")
@@ -69,3 +70,24 @@ def test_a_child_is_told_apart_from_the_process_that_made_the_share():
     child.start()
     assert answer.get(timeout=10) is True and share.in_child() is False
     child.join(10)
+
+
+def _report_share(answer) -> None:
+    with cores.cores_while_working() as rebalance:
+        answer.put((cores.even_share(2), rebalance is not None, torch.get_num_threads()))
+
+
+def test_only_the_main_process_children_take_a_share(monkeypatch, restore_torch_threads):
+    monkeypatch.setattr(cores, "_SHARE", None)
+    monkeypatch.setattr(cores, "_MAIN_PID", None)
+    assert cores.even_share(2) is None  # a solo or threads worker never asked: torch's default stays
+    cores.share_among_children()
+    assert cores.even_share(2) is None  # the main process itself keeps its threads
+    with cores.cores_while_working() as rebalance:
+        assert rebalance is None
+    answer = FORK.Queue()
+    child = FORK.Process(target=_report_share, args=(answer,))
+    child.start()
+    even, shares, threads = answer.get(timeout=10)
+    child.join(10)
+    assert even == max(1, cores.host_cores() // 2) and shares and threads == cores.host_cores()  # alone: every core
