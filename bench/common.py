@@ -114,8 +114,28 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def child_pids(pid: int) -> list[int]:
+    """The child processes of ``pid`` (a prefork worker's pool), [] where Linux does not list them."""
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def worker_memory_mb(procs: dict[str, object]) -> dict[str, float]:
+    """Resident MB of each worker process and, for a prefork worker, of its largest child
+    (``<name>.child``): the child runs the tasks, so its memory is the one that must stay flat."""
+    memory = {}
+    for name, proc in procs.items():
+        memory[name] = rss_mb(proc.pid)
+        children = [rss_mb(child) for child in child_pids(proc.pid)]
+        if children:
+            memory[f"{name}.child"] = max(children)
+    return memory
+
+
 class MemorySampler(threading.Thread):
-    """RSS of each worker process every ``every`` seconds, until stopped."""
+    """:func:`worker_memory_mb` every ``every`` seconds, until stopped."""
 
     def __init__(self, procs: dict[str, object], every: float = 2.0) -> None:
         super().__init__(daemon=True)
@@ -125,11 +145,11 @@ class MemorySampler(threading.Thread):
     def run(self) -> None:
         while not self.stop_event.is_set():
             self.rows.append({"t_s": round(time.monotonic() - self.t0, 1),
-                              **{name: round(rss_mb(p.pid), 1) for name, p in self.procs.items()}})
+                              **{name: round(mb, 1) for name, mb in worker_memory_mb(self.procs).items()}})
             self.stop_event.wait(self.every)
 
     def peaks(self) -> dict[str, float]:
-        return {name: max(row[name] for row in self.rows) for name in self.procs}
+        return {name: max(row.get(name, 0.0) for row in self.rows) for name in {k for r in self.rows for k in r} - {"t_s"}}
 
 
 def _cpu_seconds(pid: int) -> float:

@@ -4,7 +4,9 @@
     HF_HUB_OFFLINE=1 python bench/job_scaling.py --sizes 10000 --embed-workers 2   # horizontal scaling
 
 Real Redis and Postgres on 127.0.0.1, separate `embed` and `fusion` worker processes as the
-README starts them; texts are AG News (train then test, repeated to reach the size). For each job:
+README starts them (the embed worker a prefork pool with a child per core, as on a CPU host;
+``--embed-processes 1``: the solo GPU worker; a prefork worker's largest child is reported as
+``embed.child``: it runs the tasks); texts are AG News (train then test, repeated to reach the size). For each job:
 wall time from submit to `wait` returning, texts/s, and each worker's resident memory before and
 after, sampled every 2 s during the job (peak), and the work the sweeper sent again (none, with
 nothing broken: a backlog that outlives the 15 s claim lease is judged by the broker, not by its age).
@@ -19,20 +21,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REDIS, CpuAccount, MemorySampler, machine, rss_mb, scratch_services, write_result  # noqa: E402
+from bench.common import REDIS, CpuAccount, MemorySampler, machine, scratch_services, worker_memory_mb, write_result  # noqa: E402
 from shared.client import FusionqClient  # noqa: E402
 from shared.demo import stratified_sample  # noqa: E402
 from shared.service.training import train_classifier  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.errors import DataFileError  # noqa: E402
 from shared.textio import read_labelled, read_texts  # noqa: E402
+from workers.cores import host_cores  # noqa: E402
 from workers.launch import start_worker, stop_worker  # noqa: E402
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default="../shared/data/ag_news")
     parser.add_argument("--sizes", default="1000,10000,100000")
-    parser.add_argument("--embed-workers", type=int, default=1, help="embed worker processes on the one queue")
+    parser.add_argument("--embed-workers", type=int, default=1, help="embed workers on the one queue")
+    parser.add_argument("--embed-processes", type=int, default=host_cores(),
+                        help="processes of each embed worker: 1 is a solo pool (the README's GPU worker); more, "
+                             "a prefork pool sharing the cores (the README's CPU worker; default: one per core)")
     parser.add_argument("--out", default="bench/out/job_scaling.json")
     args = parser.parse_args()
     folder = Path(args.data_dir)
@@ -41,7 +47,7 @@ def main() -> int:
     except DataFileError as exc:
         print(f"{exc}: pass --data-dir, a folder with train.csv and test.csv (text,label)", file=sys.stderr)
         return 2
-    result = {**machine(), "embed_workers": args.embed_workers, "jobs": []}
+    result = {**machine(), "embed_workers": args.embed_workers, "embed_processes": args.embed_processes, "jobs": []}
     print(f"CPU: {result['cpu']}", flush=True)
     with scratch_services("fusionq-scaling-") as (database_url, tmp):
         settings = Settings(home=tmp, database_url=database_url, broker_url=REDIS, artifact_dir=tmp / "artifacts")
@@ -51,8 +57,10 @@ def main() -> int:
                "FUSIONQ_ARTIFACT_DIR": str(settings.artifact_dir), "HF_HUB_OFFLINE": "1"}
         procs = {}
         try:
+            pool = {"concurrency": args.embed_processes, "pool": "prefork"} if args.embed_processes > 1 else {}
             for n in range(args.embed_workers):
-                procs["embed" if n == 0 else f"embed-{n + 1}"] = start_worker("embed", env=env, log_dir=tmp / "logs")
+                procs["embed" if n == 0 else f"embed-{n + 1}"] = start_worker("embed", env=env, log_dir=tmp / "logs",
+                                                                              **pool)
             procs["fusion"] = start_worker("fusion", env={**env, "FUSIONQ_TORCH_THREADS": "1"}, log_dir=tmp / "logs")
             with FusionqClient(settings) as client:
                 client.wait(client.submit(pool[:256], "bench"), timeout=600)  # models load
@@ -68,7 +76,7 @@ def main() -> int:
 
 def run_job(client: FusionqClient, procs: dict, texts: list[str]) -> dict:
     """One fast job: wall time, texts/s, and each worker's memory before, at its peak and after."""
-    before = {name: rss_mb(p.pid) for name, p in procs.items()}
+    before = worker_memory_mb(procs)
     sampler = MemorySampler(procs)
     account = CpuAccount(procs)
     sampler.start()
@@ -81,13 +89,17 @@ def run_job(client: FusionqClient, procs: dict, texts: list[str]) -> dict:
     cpu = account.stop()
     sampler.stop_event.set()
     sampler.join()
-    after = {name: rss_mb(p.pid) for name, p in procs.items()}
-    peak = {name: max(value, before[name], after[name]) for name, value in sampler.peaks().items()}
+    after = worker_memory_mb(procs)
+    peak = {name: max(value, before.get(name, 0.0), after.get(name, 0.0)) for name, value in sampler.peaks().items()}
     return {"items": len(texts), "seconds": round(seconds, 1), "submit_seconds": round(submitted - started, 2),
             "texts_per_s": round(len(texts) / seconds, 1), "seconds_per_tenth": tenths, "cpu_seconds": cpu,
             **work_done_again(client, job),
-            "rss_mb": {name: {"before": round(before[name]), "peak": round(peak[name]), "after": round(after[name])}
-                       for name in procs}}
+            "rss_mb": {name: {"before": _rounded(before.get(name)), "peak": round(peak[name]),
+                              "after": _rounded(after.get(name))} for name in sorted(peak)}}
+
+
+def _rounded(mb: float | None) -> int | None:
+    return None if mb is None or mb != mb else round(mb)  # a child that was not there: None
 
 
 def progress_by_tenth(client: FusionqClient, job, size: int, started: float) -> list[float]:
