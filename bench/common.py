@@ -183,14 +183,15 @@ def _pids_named(*names: str) -> list[int]:
 
 
 class CpuAccount:
-    """CPU seconds spent by each role (worker processes, Postgres, Redis, this process) between
-    :meth:`start` and :meth:`stop`: where two cores' time goes while a job runs."""
+    """CPU seconds spent by each role (worker processes with their prefork children, Postgres,
+    Redis, this process) between :meth:`start` and :meth:`stop`: where the cores' time goes while a job runs."""
 
     def __init__(self, workers: dict[str, object]) -> None:
-        self.roles = {**{name: [proc.pid] for name, proc in workers.items()}, "client": [os.getpid()]}
+        self.workers = {name: proc.pid for name, proc in workers.items()}
 
     def _snapshot(self) -> dict[str, float]:
-        roles = {**self.roles, "postgres": _pids_named("postgres"), "redis": _pids_named("redis-server")}
+        roles = {**{name: [pid, *child_pids(pid)] for name, pid in self.workers.items()}, "client": [os.getpid()],
+                 "postgres": _pids_named("postgres"), "redis": _pids_named("redis-server")}
         return {role: sum(_cpu_seconds(pid) for pid in pids) for role, pids in roles.items()}
 
     def start(self) -> None:

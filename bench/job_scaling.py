@@ -57,10 +57,10 @@ def main() -> int:
                "FUSIONQ_ARTIFACT_DIR": str(settings.artifact_dir), "HF_HUB_OFFLINE": "1"}
         procs = {}
         try:
-            pool = {"concurrency": args.embed_processes, "pool": "prefork"} if args.embed_processes > 1 else {}
+            embed_pool = {"concurrency": args.embed_processes, "pool": "prefork"} if args.embed_processes > 1 else {}
             for n in range(args.embed_workers):
                 procs["embed" if n == 0 else f"embed-{n + 1}"] = start_worker("embed", env=env, log_dir=tmp / "logs",
-                                                                              **pool)
+                                                                              **embed_pool)
             procs["fusion"] = start_worker("fusion", env={**env, "FUSIONQ_TORCH_THREADS": "1"}, log_dir=tmp / "logs")
             with FusionqClient(settings) as client:
                 client.wait(client.submit(pool[:256], "bench"), timeout=600)  # models load

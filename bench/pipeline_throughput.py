@@ -166,7 +166,6 @@ def main() -> int:
 
                 env = {"FUSIONQ_DATABASE_URL": settings.database_url, "FUSIONQ_BROKER_URL": REDIS,
                        "FUSIONQ_ARTIFACT_DIR": str(settings.artifact_dir), "HF_HUB_OFFLINE": "1"}
-                # a prefork pool's children are counted in other_cpu_s, not embed_worker
                 pool = {"concurrency": args.embed_processes, "pool": "prefork"} if args.embed_processes > 1 else {}
                 procs.append(start_worker("embed", env=env, log_dir=tmp / "logs", **pool))
                 procs.append(start_worker("fusion", env={**env, "FUSIONQ_TORCH_THREADS": "1"}, log_dir=tmp / "logs"))

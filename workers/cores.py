@@ -108,8 +108,9 @@ def share_among_children() -> None:
 
 
 def even_share(concurrency: int) -> int | None:
-    """A prefork child's torch threads before it works: its even share of the cores (N children
-    with all of them each ran 4x slower on 2 cores, docs/BENCHMARKS.md); None outside a child."""
+    """A prefork child's torch threads before it works: its even share of the cores (two encoder
+    processes each with every core ran 4x slower on 2 cores, docs/BENCHMARKS.md, issue 12); None
+    outside a child."""
     if _MAIN_PID is None or os.getpid() == _MAIN_PID:
         return None
     return max(1, host_cores() // max(1, concurrency))
