@@ -155,10 +155,9 @@ def _limit_torch_threads() -> None:
     """Apply FUSIONQ_TORCH_THREADS: a fusion worker on a small box must not fight the encoder for cores.
     Unset, a prefork child starts on its even share of the cores (workers.cores)."""
     threads = get_settings().torch_threads
-    if not threads:
+    if not threads and _IN_PREFORK_CHILD:
         threads = even_share(int(getattr(_WORKER, "concurrency", 1) or 1))
-        if threads:
-            log.info("prefork child: %d torch thread(s) to start, more while its siblings are idle", threads)
+        log.info("prefork child: %d torch thread(s) to start, more while its siblings are idle", threads)
     if threads:
         import torch  # setting CPU threads does not initialise CUDA
 

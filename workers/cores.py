@@ -93,26 +93,21 @@ def _alive(pid: int) -> bool:
 
 
 _SHARE: CoreShare | None = None
-_MAIN_PID: int | None = None  # the worker's main process, once it has asked for sharing
 
 
 def share_among_children() -> None:
     """In a worker's main process, before its pool forks: its prefork children will share the cores.
     Where shared memory cannot be made (no /dev/shm), each child keeps its even share."""
-    global _SHARE, _MAIN_PID
-    _MAIN_PID = os.getpid()
+    global _SHARE
     try:
         _SHARE = CoreShare()
     except OSError as exc:
         log.warning("prefork children cannot share the cores (%s); each keeps cores / concurrency threads", exc)
 
 
-def even_share(concurrency: int) -> int | None:
+def even_share(concurrency: int) -> int:
     """A prefork child's torch threads before it works: its even share of the cores (two encoder
-    processes each with every core ran 4x slower on 2 cores, docs/BENCHMARKS.md, issue 12); None
-    outside a child."""
-    if _MAIN_PID is None or os.getpid() == _MAIN_PID:
-        return None
+    processes each with every core ran 4x slower on 2 cores, docs/BENCHMARKS.md, issue 12)."""
     return max(1, host_cores() // max(1, concurrency))
 
 

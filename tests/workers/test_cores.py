@@ -74,20 +74,20 @@ def test_a_child_is_told_apart_from_the_process_that_made_the_share():
 
 def _report_share(answer) -> None:
     with cores.cores_while_working() as rebalance:
-        answer.put((cores.even_share(2), rebalance is not None, torch.get_num_threads()))
+        answer.put((rebalance is not None, torch.get_num_threads()))
 
 
-def test_only_the_main_process_children_take_a_share(monkeypatch, restore_torch_threads):
+def test_only_the_children_of_the_process_that_asked_take_the_cores(monkeypatch, restore_torch_threads):
     monkeypatch.setattr(cores, "_SHARE", None)
-    monkeypatch.setattr(cores, "_MAIN_PID", None)
-    assert cores.even_share(2) is None  # a solo or threads worker never asked: torch's default stays
-    cores.share_among_children()
-    assert cores.even_share(2) is None  # the main process itself keeps its threads
     with cores.cores_while_working() as rebalance:
-        assert rebalance is None
+        assert rebalance is None  # a solo or threads worker never asked: torch's threads stay
+    cores.share_among_children()
+    with cores.cores_while_working() as rebalance:
+        assert rebalance is None  # the worker's main process itself keeps its threads
     answer = FORK.Queue()
     child = FORK.Process(target=_report_share, args=(answer,))
     child.start()
-    even, shares, threads = answer.get(timeout=10)
+    shares, threads = answer.get(timeout=10)
     child.join(10)
-    assert even == max(1, cores.host_cores() // 2) and shares and threads == cores.host_cores()  # alone: every core
+    assert shares and threads == cores.host_cores()  # alone: every core
+    assert cores.even_share(2) == max(1, cores.host_cores() // 2) and cores.even_share(0) == cores.host_cores()
