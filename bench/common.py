@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 
 from shared.encoders.precision import cpu_description
+from workers.cores import host_cores
 
 
 def machine() -> dict:
@@ -44,6 +45,19 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise ValueError(text)
     return value
+
+
+def add_embed_processes_option(parser) -> None:
+    """``--embed-processes N``: how the benchmark's embed worker runs (see :func:`embed_pool`)."""
+    parser.add_argument("--embed-processes", type=positive_int, default=host_cores(),
+                        help="embed worker processes: 1 is a solo pool (the README's GPU worker); more, a "
+                             "prefork pool sharing the cores (the README's CPU worker; default: one per core)")
+
+
+def embed_pool(processes: int) -> dict:
+    """``start_worker`` options for an embed worker of ``processes`` processes: the solo worker for
+    1, else a prefork pool whose children share the cores (workers.cores)."""
+    return {"concurrency": processes, "pool": "prefork"} if processes > 1 else {}
 
 
 def texts_or_exit(parser, path: str | Path, n: int) -> list[str]:

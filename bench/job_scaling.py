@@ -21,24 +21,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REDIS, CpuAccount, MemorySampler, machine, scratch_services, worker_memory_mb, write_result  # noqa: E402
+from bench.common import (REDIS, CpuAccount, MemorySampler, add_embed_processes_option, embed_pool, machine,  # noqa: E402
+                          positive_int, scratch_services, worker_memory_mb, write_result)
 from shared.client import FusionqClient  # noqa: E402
 from shared.demo import stratified_sample  # noqa: E402
 from shared.service.training import train_classifier  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.errors import DataFileError  # noqa: E402
 from shared.textio import read_labelled, read_texts  # noqa: E402
-from workers.cores import host_cores  # noqa: E402
 from workers.launch import start_worker, stop_worker  # noqa: E402
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default="../shared/data/ag_news")
     parser.add_argument("--sizes", default="1000,10000,100000")
-    parser.add_argument("--embed-workers", type=int, default=1, help="embed workers on the one queue")
-    parser.add_argument("--embed-processes", type=int, default=host_cores(),
-                        help="processes of each embed worker: 1 is a solo pool (the README's GPU worker); more, "
-                             "a prefork pool sharing the cores (the README's CPU worker; default: one per core)")
+    parser.add_argument("--embed-workers", type=positive_int, default=1, help="embed workers on the one queue")
+    add_embed_processes_option(parser)  # the processes of each
     parser.add_argument("--out", default="bench/out/job_scaling.json")
     args = parser.parse_args()
     folder = Path(args.data_dir)
@@ -57,10 +55,9 @@ def main() -> int:
                "FUSIONQ_ARTIFACT_DIR": str(settings.artifact_dir), "HF_HUB_OFFLINE": "1"}
         procs = {}
         try:
-            embed_pool = {"concurrency": args.embed_processes, "pool": "prefork"} if args.embed_processes > 1 else {}
             for n in range(args.embed_workers):
                 procs["embed" if n == 0 else f"embed-{n + 1}"] = start_worker("embed", env=env, log_dir=tmp / "logs",
-                                                                              **embed_pool)
+                                                                              **embed_pool(args.embed_processes))
             procs["fusion"] = start_worker("fusion", env={**env, "FUSIONQ_TORCH_THREADS": "1"}, log_dir=tmp / "logs")
             with FusionqClient(settings) as client:
                 client.wait(client.submit(pool[:256], "bench"), timeout=600)  # models load

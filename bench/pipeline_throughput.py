@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import REDIS, CpuAccount, database_facts, machine, positive_int, scratch_services, texts_or_exit, write_result  # noqa: E402
+from bench.common import REDIS, CpuAccount, add_embed_processes_option, database_facts, embed_pool, machine, positive_int, scratch_services, texts_or_exit, write_result  # noqa: E402
 from shared.client import FusionqClient  # noqa: E402
 from shared.demo import sample_dir, stratified_sample  # noqa: E402
 from shared.encoders.hf import get_encoder  # noqa: E402
@@ -31,7 +31,6 @@ from shared.settings import Settings  # noqa: E402
 from shared.textio import read_labelled  # noqa: E402
 from shared.service.training import train_classifier  # noqa: E402
 from workers.dispatch import dispatcher_for  # noqa: E402
-from workers.cores import host_cores  # noqa: E402
 from workers.launch import start_worker, stop_worker  # noqa: E402
 
 
@@ -136,9 +135,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=positive_int, default=5, help="throughput runs of each kind (median reported)")
     parser.add_argument("--latency-jobs", type=positive_int, default=200, help="one-text jobs, one after another")
     parser.add_argument("--precision", default="auto", help="encoder precision (auto, fp32, bf16)")
-    parser.add_argument("--embed-processes", type=positive_int, default=host_cores(),
-                        help="embed worker processes: 1 is a solo pool (the README's GPU worker); more, a "
-                             "prefork pool sharing the cores (the README's CPU worker; default: one per core)")
+    add_embed_processes_option(parser)
     parser.add_argument("--out", default="bench/out/pipeline_throughput.json")
     args = parser.parse_args()
 
@@ -166,8 +163,7 @@ def main() -> int:
 
                 env = {"FUSIONQ_DATABASE_URL": settings.database_url, "FUSIONQ_BROKER_URL": REDIS,
                        "FUSIONQ_ARTIFACT_DIR": str(settings.artifact_dir), "HF_HUB_OFFLINE": "1"}
-                pool = {"concurrency": args.embed_processes, "pool": "prefork"} if args.embed_processes > 1 else {}
-                procs.append(start_worker("embed", env=env, log_dir=tmp / "logs", **pool))
+                procs.append(start_worker("embed", env=env, log_dir=tmp / "logs", **embed_pool(args.embed_processes)))
                 procs.append(start_worker("fusion", env={**env, "FUSIONQ_TORCH_THREADS": "1"}, log_dir=tmp / "logs"))
                 with FusionqClient(settings) as client:
                     client.wait(client.submit(texts[:64], "bench"), timeout=300)  # workers load their models

@@ -147,7 +147,7 @@ def _on_worker_start(sender, **_kwargs) -> None:
         test_connections_before_use(False)
         watch_full_collections()
         if not get_settings().torch_threads:
-            share_among_children()  # a no-op for solo and threads pools, which fork none
+            share_among_children()  # made before a prefork pool forks; a solo or threads pool never reads it
     _limit_torch_threads()
 
 
